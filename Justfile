@@ -1,0 +1,28 @@
+# spear-host recipes. `just test` is the README's test command.
+
+python := env_var_or_default("PYTHON", "python")
+
+# run the whole test suite
+test *ARGS:
+    {{python}} -m pytest {{ARGS}}
+
+# build every guest in wasm_fixtures/ into wasm_fixtures/build/NAME.wasm
+fixtures:
+    {{python}} -m spear_guest build-all wasm_fixtures -o wasm_fixtures/build
+
+# benchmarks against the anchors, one table, same run
+bench *ARGS: fixtures
+    {{python}} -m bench {{ARGS}}
+
+# ruff and mypy
+lint:
+    {{python}} -m ruff check host guest_sdk tests bench
+    {{python}} -m mypy
+
+# regenerate gRPC code from the .proto
+proto:
+    {{python}} -m grpc_tools.protoc -I host/spear/transport/grpc/proto --python_out=host/spear/transport/grpc/generated --grpc_python_out=host/spear/transport/grpc/generated --pyi_out=host/spear/transport/grpc/generated host/spear/transport/grpc/proto/spear_runtime.proto
+
+# the main job
+demo:
+    spear serve

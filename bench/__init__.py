@@ -1,0 +1,1 @@
+"""Benchmarks: `just bench` (python -m bench) prints one table against the anchors."""

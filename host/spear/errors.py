@@ -1,0 +1,72 @@
+"""The error hierarchy. Every failure a caller can see is a `CommunicationError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CommunicationError(Exception):
+    """Base of every error raised by spear's channels, runtimes and invocation layer."""
+
+
+class ChannelClosed(CommunicationError):
+    """The channel (or its peer) is gone; requests in flight fail with this at once."""
+
+
+class Timeout(CommunicationError, TimeoutError):
+    """A request or connect did not finish in time. Also a builtin `TimeoutError`."""
+
+
+class UnsupportedTransport(CommunicationError):
+    """A transport name nobody registered."""
+
+
+class UnsupportedRuntime(CommunicationError):
+    """A runtime type with no strategy."""
+
+
+class UnsupportedChannel(CommunicationError):
+    """A channel type the runtime's strategy does not allow."""
+
+
+class ChannelCreationFailed(CommunicationError):
+    """Every channel type in a strategy failed; each attempt's cause is kept."""
+
+    def __init__(
+        self,
+        runtime_type: object,
+        attempted_types: Sequence[str],
+        causes: Sequence[BaseException],
+    ) -> None:
+        self.runtime_type = runtime_type
+        self.attempted_types = list(attempted_types)
+        self.causes = list(causes)
+        detail = "; ".join(
+            f"{kind}: {type(cause).__name__}: {cause}"
+            for kind, cause in zip(self.attempted_types, self.causes, strict=False)
+        )
+        super().__init__(f"could not create a channel for {runtime_type}: {detail}")
+
+
+class ConnectionFailed(CommunicationError):
+    """Connecting to a peer failed."""
+
+
+class AuthenticationFailed(CommunicationError):
+    """The peer presented a wrong or no credential."""
+
+
+class InvalidMessage(CommunicationError):
+    """Bytes that are not a valid message: malformed, oversized, wrong types."""
+
+
+class InvalidConfiguration(CommunicationError):
+    """A configuration that cannot work, named precisely."""
+
+
+class ExecutionFailed(CommunicationError):
+    """The function ran and failed (or could not run): trap, guest error, handler exception."""
+
+    def __init__(self, message: str, code: str | int | None = None) -> None:
+        self.code = code
+        super().__init__(message)

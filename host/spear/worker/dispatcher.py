@@ -1,0 +1,138 @@
+"""Runs user handlers for a worker, independent of the transport that feeds it.
+
+Socket and gRPC workers both hand each `ExecutionRequest` to one `Dispatcher`, which runs
+sync handlers on a thread pool and async handlers on the loop, enforces each request's
+`timeout_ms`, turns exceptions into error responses, cancels on request, and drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from spear.errors import InvalidConfiguration
+from spear.messages import ExecutionRequest, ExecutionResponse, ExecutionStatus
+
+Handler = Callable[[ExecutionRequest], bytes | Awaitable[bytes]]
+
+
+def load_handler(spec: str) -> Handler:
+    """Import `package.module:function` and return the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidConfiguration(f"handler must look like MODULE:FUNCTION, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfiguration(f"cannot import handler module {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise InvalidConfiguration(f"module {module_name!r} has no {attr!r}") from None
+    if not callable(target):
+        raise InvalidConfiguration(f"{spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class Dispatcher:
+    def __init__(self, handler: Handler, *, max_threads: int = 32) -> None:
+        self._handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._executor = None if self._is_async else ThreadPoolExecutor(
+            max_workers=max_threads, thread_name_prefix="spear-handler"
+        )
+        self._tasks: dict[str, asyncio.Task[ExecutionResponse]] = {}
+        self._draining = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResponse:
+        """Run one request to a response; never raises for handler failures."""
+        if self._draining:
+            return _failure(request.request_id, "worker is shutting down", "unavailable", 0.0)
+        task = asyncio.ensure_future(self._run(request))
+        self._tasks[request.request_id] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled() and not _current_task_cancelling():
+                return _failure(request.request_id, "cancelled by the caller", "cancelled", 0.0)
+            raise
+        finally:
+            self._tasks.pop(request.request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        task = self._tasks.get(request_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for those in flight; True if all finished in time."""
+        self._draining = True
+        pending = list(self._tasks.values())
+        if not pending:
+            return True
+        _, still_running = await asyncio.wait(pending, timeout=timeout)
+        return not still_running
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, request: ExecutionRequest) -> ExecutionResponse:
+        started = time.perf_counter()
+        timeout = request.timeout_ms / 1000.0 if request.timeout_ms > 0 else None
+        try:
+            async with asyncio.timeout(timeout):
+                if self._is_async:
+                    output = await self._handler(request)  # type: ignore[misc]
+                else:
+                    loop = asyncio.get_running_loop()
+                    output = await loop.run_in_executor(self._executor, self._handler, request)
+        except TimeoutError:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            return ExecutionResponse(
+                request.request_id, b"", ExecutionStatus.TIMEOUT,
+                f"handler did not finish within {request.timeout_ms} ms", "timeout", elapsed,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the handler's failure is the caller's answer, not ours
+            elapsed = (time.perf_counter() - started) * 1000.0
+            return _failure(request.request_id, f"{type(exc).__name__}: {exc}", "handler_error",
+                            elapsed)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if isinstance(output, str):
+            output = output.encode()
+        if not isinstance(output, bytes | bytearray | memoryview):
+            return _failure(request.request_id,
+                            f"handler returned {type(output).__name__}, expected bytes",
+                            "handler_error", elapsed)
+        return ExecutionResponse(request.request_id, bytes(output), ExecutionStatus.SUCCESS,
+                                 None, None, elapsed)
+
+
+def _failure(request_id: str, message: str, code: str, elapsed_ms: float) -> ExecutionResponse:
+    return ExecutionResponse(request_id, b"", ExecutionStatus.ERROR, message, code, elapsed_ms)
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
