@@ -1,0 +1,398 @@
+"""One guest instance and the fast call path through its linear memory.
+
+The request goes straight into the guest's memory (one copy in), the handler is entered once
+through `wasmtime_func_call_unchecked` with handles prepared at instantiation, and the
+response is copied straight out (one copy out). Every pointer the guest hands back is checked
+against the memory size after the call. A trap or timeout leaves the guest in an unknown
+state, so the instance replaces its store with a fresh instance of the same module.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from spear.errors import ChannelClosed, ExecutionFailed, Timeout
+from spear.transport.wasm import abi
+from spear.transport.wasm.capi import (
+    EXTERN_FUNC,
+    EXTERN_MEMORY,
+    TRAP_INTERRUPT,
+    TRAP_NAMES,
+    error_message,
+    ffi,
+    lib,
+    trap_details,
+)
+from spear.transport.wasm.host_calls import GuestFault
+
+if TYPE_CHECKING:
+    from spear.transport.wasm.module import WasmModule
+
+log = logging.getLogger("spear.wasm")
+
+NO_DEADLINE = 1 << 62  # epoch ticks: effectively never
+MAX_OUTBOX = 1024
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+_REQUEST_pack_into = abi.REQUEST.pack_into
+_RESPONSE_unpack_from = abi.RESPONSE.unpack_from
+_call_unchecked = lib.wasmtime_func_call_unchecked
+_memory_size = lib.wasmtime_memory_data_size
+_set_deadline = lib.wasmtime_context_set_epoch_deadline
+_NULL = ffi.NULL
+
+
+# Outcome of one guest call: (kind, payload, error_code). kind OK -> payload is the output
+# bytes; ERROR/TIMEOUT -> payload is the message. A tuple, because it is built on every call.
+OK = 0
+ERROR = 1
+TIMEOUT = 2
+CallResult = tuple[int, Any, str | None]
+
+
+class WasmInstance:
+    """A live instance of a `WasmModule`. Not thread-safe by design: calls are serialised."""
+
+    def __init__(self, module: WasmModule, *, label: str | None = None,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.module = module
+        self.label = label or module.name
+        self.max_message_size = max_message_size
+        self.outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.inbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.calls = 0
+        self.replacements = 0
+        self._lock = threading.Lock()
+        self._ticker = module.engine.ticker
+        self._handle = ffi.new_handle(self)
+        self._slots = ffi.new("wasmtime_val_raw_t[1]")
+        self._trap = ffi.new("wasm_trap_t **")
+        self._store: Any = _NULL
+        self._closed = False
+        self._new_store()
+
+    # ----------------------------------------------------------------- set-up
+
+    def _new_store(self) -> None:
+        module = self.module
+        store = lib.wasmtime_store_new(module.engine.ptr, self._handle, _NULL)
+        lib.wasmtime_store_limiter(store, module.memory_limit, -1, -1, -1, -1)
+        context = lib.wasmtime_store_context(store)
+        instance = ffi.new("wasmtime_instance_t *")
+        try:
+            lib.wasmtime_context_set_epoch_deadline(context, NO_DEADLINE)
+            if module.fuel is not None:
+                self._check(lib.wasmtime_context_set_fuel(context, module.fuel))
+            module._instantiate_raw(context, instance)
+            self._store, self._context, self._instance = store, context, instance
+            self._funcs: dict[str, Any] = {}
+            self._handlers: dict[str, tuple[Any, bytes, int]] = {}
+            self._deadline_armed = False
+            memory = self._export(abi.EXPORT_MEMORY, EXTERN_MEMORY)
+            self._memory = ffi.new("wasmtime_memory_t *", memory.of.memory)
+            self._refresh_memory()
+            if module.has_initialize:
+                self._call_plain(abi.EXPORT_INITIALIZE, ())
+            self._negotiate()
+        except BaseException:
+            self._store = _NULL
+            lib.wasmtime_store_delete(store)
+            raise
+
+    def _export(self, name: str, kind: int) -> Any:
+        item = ffi.new("wasmtime_extern_t *")
+        encoded = name.encode()
+        found = lib.wasmtime_instance_export_get(self._context, self._instance, encoded,
+                                                 len(encoded), item)
+        if not found or item.kind != kind:
+            raise ExecutionFailed(f"module has no export {name!r} of the right kind", "abi")
+        return item
+
+    def _func(self, export: str) -> Any:
+        func = self._funcs.get(export)
+        if func is None:
+            item = self._export(export, EXTERN_FUNC)
+            func = self._funcs[export] = ffi.new("wasmtime_func_t *", item.of.func)
+        return func
+
+    def _check(self, error: Any) -> None:
+        if error != _NULL:
+            raise ExecutionFailed(error_message(error), "wasmtime")
+
+    def _call_plain(self, export: str, args: tuple[int, ...]) -> int:
+        """Call a setup export with i32 arguments (not the hot path)."""
+        slots = ffi.new("wasmtime_val_raw_t[]", max(1, len(args)))
+        for i, value in enumerate(args):
+            slots[i].i32 = value
+        trap = ffi.new("wasm_trap_t **")
+        error = _call_unchecked(self._context, self._func(export), slots, len(slots), trap)
+        self._check(error)
+        if trap[0] != _NULL:
+            _, message = trap_details(trap[0])
+            raise ExecutionFailed(f"{export} trapped: {message}", "trap")
+        return int(slots[0].i32)
+
+    def _negotiate(self) -> None:
+        version = self._call_plain(abi.EXPORT_ABI_VERSION, ())
+        if version not in abi.SUPPORTED_ABI_VERSIONS:
+            supported = ", ".join(f"v{v}" for v in sorted(abi.SUPPORTED_ABI_VERSIONS))
+            raise ExecutionFailed(
+                f"module speaks spear ABI v{version}; this host supports {supported}", "abi")
+        ctrl = self._call_plain(abi.EXPORT_INIT, (abi.ABI_VERSION,)) & abi.U32_MAX
+        if ctrl == 0:
+            raise ExecutionFailed(f"module refused host ABI v{abi.ABI_VERSION}", "abi")
+        if ctrl % 8 or ctrl + abi.CTRL_SIZE > self._size:
+            raise ExecutionFailed(f"control block at {ctrl:#x} is misaligned or outside memory",
+                                  "abi")
+        magic, version_field, _, _ = abi.HEADER.unpack_from(self._view, ctrl)
+        if magic != abi.CTRL_MAGIC or version_field != version:
+            raise ExecutionFailed("control block has a wrong magic or ABI version", "abi")
+        self._ctrl = ctrl
+        self._read_request_buffer()
+        self.module.abi_version = version
+
+    def _refresh_memory(self) -> None:
+        size = _memory_size(self._context, self._memory)
+        base = lib.wasmtime_memory_data(self._context, self._memory)
+        self._size = size
+        self._view = memoryview(ffi.buffer(base, size)) if size else memoryview(b"")
+
+    def _read_request_buffer(self) -> None:
+        ptr, cap = abi.REQ_BUFFER.unpack_from(self._view, self._ctrl + abi.CTRL_REQ)
+        if ptr + cap > self._size:
+            raise ExecutionFailed(
+                f"guest request buffer [{ptr:#x}, +{cap}) lies outside its memory", "abi")
+        self._req_ptr, self._req_cap = ptr, cap
+
+    def _reserve(self, size: int) -> None:
+        status = self._call_plain(abi.EXPORT_RESERVE, (size,))
+        self._refresh_memory()
+        if status != 0:
+            raise ExecutionFailed(
+                f"guest could not reserve {size} bytes for the request (out of memory)", "oom")
+        self._read_request_buffer()
+        if self._req_cap < size:
+            raise ExecutionFailed(
+                f"guest reserved {self._req_cap} bytes, {size} were asked for", "abi")
+
+    # ------------------------------------------------------------- hot path
+
+    def call(self, function: str, input: bytes, *, timeout: float | None = None,
+             metadata: dict[str, str] | None = None) -> bytes:
+        """Run handler `function` on `input`; raises `ExecutionFailed` or `Timeout`."""
+        kind, payload, code = self.execute(function, input, timeout, metadata)
+        if kind == OK:
+            return payload  # type: ignore[no-any-return]
+        if kind == TIMEOUT:
+            raise Timeout(payload)
+        raise ExecutionFailed(payload, code)
+
+    def execute(self, function: str, input: bytes, timeout: float | None,
+                metadata: dict[str, str] | None, request_id: int = 0) -> CallResult:
+        """Like `call`, but failures come back as a `CallResult` (no exception cost)."""
+        with self._lock:
+            if self._store == _NULL:
+                if self._closed:
+                    raise ChannelClosed(f"WASM instance {self.label} is closed")
+                self._new_store()
+            entry = self._handlers.get(function)
+            if entry is None:
+                entry = self._resolve_handler(function)
+                if entry is None:
+                    return (ERROR, f"module has no handler named {function!r} (handlers: "
+                            f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
+            func, name, n_name = entry
+            meta = abi.encode_metadata(metadata) if metadata else b""
+            n_meta, n_input = len(meta), len(input)
+            total = n_name + n_meta + n_input
+            if total > self._req_cap:
+                if total > self.max_message_size:
+                    return (ERROR, f"request of {total} bytes exceeds the maximum of "
+                            f"{self.max_message_size}", "too_large")
+                try:
+                    self._reserve(total)
+                except ExecutionFailed as exc:
+                    return (ERROR, str(exc), str(exc.code))
+            view = self._view
+            ptr = self._req_ptr
+            view[ptr:ptr + n_name] = name
+            meta_ptr = ptr + n_name
+            if n_meta:
+                view[meta_ptr:meta_ptr + n_meta] = meta
+            input_ptr = meta_ptr + n_meta
+            view[input_ptr:input_ptr + n_input] = input
+            self.calls += 1
+            deadline_ns = 0
+            ticker = self._ticker
+            if timeout is not None:
+                deadline_ns = time.monotonic_ns() + int(timeout * 1e9)
+                _set_deadline(self._context, ticker.ticks_for(timeout))
+                self._deadline_armed = True
+                ticker.running_calls += 1
+                if not ticker._wake.is_set():
+                    ticker._wake.set()
+            elif self._deadline_armed:
+                _set_deadline(self._context, NO_DEADLINE)
+                self._deadline_armed = False
+            if self.module.fuel is not None:
+                lib.wasmtime_context_set_fuel(self._context, self.module.fuel)
+            _REQUEST_pack_into(view, self._ctrl + abi.CTRL_REQUEST, ptr, n_name, meta_ptr, n_meta,
+                               input_ptr, n_input, len(metadata) if metadata else 0, 0,
+                               request_id or self.calls, deadline_ns, 0, 0, 0)
+            slots = self._slots
+            trap = self._trap
+            try:
+                error = _call_unchecked(self._context, func, slots, 1, trap)
+            finally:
+                if timeout is not None:
+                    ticker.running_calls -= 1
+            if error != _NULL or trap[0] != _NULL:
+                return self._failed(error, function, timeout)
+            status = slots[0].i32
+            out_ptr, out_len, err_code = _RESPONSE_unpack_from(view, self._ctrl + abi.CTRL_RESPONSE)
+            end = out_ptr + out_len
+            if end > self._size:
+                # Memory never shrinks and never moves, so only a grown memory needs a new view.
+                self._refresh_memory()
+                view = self._view
+                if end > self._size:
+                    return (ERROR, f"guest returned an output of {out_len} bytes at "
+                            f"{out_ptr:#x}, outside its {self._size}-byte memory", "bad_pointer")
+            if status == 0:
+                return (OK, view[out_ptr:end].tobytes(), None)
+            if status == 1:
+                return (ERROR, view[out_ptr:end].tobytes().decode("utf-8", "replace"),
+                        str(err_code))
+            return (ERROR, f"guest returned invalid status {status}", "bad_status")
+
+    def _resolve_handler(self, function: str) -> tuple[Any, bytes, int] | None:
+        if function in self.module.handlers:
+            func = self._func(abi.HANDLER_PREFIX + function)
+        elif self.module.has_dispatch:
+            func = self._func(abi.EXPORT_DISPATCH)
+        else:
+            return None
+        name = function.encode()
+        entry = self._handlers[function] = (func, name, len(name))
+        return entry
+
+    def _failed(self, error: Any, function: str, timeout: float | None) -> CallResult:
+        """Turn a trap or error into a result and replace the now-unknown guest state."""
+        if error != _NULL:
+            code: int | None = None
+            message = error_message(error)
+        else:
+            code, message = trap_details(self._trap[0])
+            self._trap[0] = _NULL
+        self._replace()
+        if code == TRAP_INTERRUPT:
+            return (TIMEOUT, f"{function!r} did not finish within {timeout} s "
+                    "(guest interrupted)", "timeout")
+        kind = TRAP_NAMES.get(code, "trap") if code is not None else "trap"
+        first_line = message.strip().splitlines()[0] if message.strip() else kind
+        return (ERROR, f"guest trapped in {function!r}: {first_line}", f"trap:{kind}")
+
+    def _replace(self) -> None:
+        """Drop the store (and the instance in it) and start over from the compiled module."""
+        self.replacements += 1
+        old, self._store = self._store, _NULL
+        lib.wasmtime_store_delete(old)
+        try:
+            self._new_store()
+        except ExecutionFailed as exc:
+            # Leave the instance store-less; the next call tries again.
+            log.error("could not replace WASM instance %s: %s", self.label, exc)
+
+    # ------------------------------------------------------ host-call support
+
+    def read_guest(self, ptr: int, length: int, what: str) -> bytes:
+        ptr &= abi.U32_MAX
+        length &= abi.U32_MAX
+        size = _memory_size(self._context, self._memory)
+        if size != self._size:
+            self._refresh_memory()
+        if ptr + length > size:
+            raise GuestFault(f"{what}: pointer out of bounds ({ptr:#x}+{length} > {size})")
+        return self._view[ptr:ptr + length].tobytes()
+
+    def write_guest(self, ptr: int, data: bytes, what: str) -> None:
+        ptr &= abi.U32_MAX
+        size = _memory_size(self._context, self._memory)
+        if size != self._size:
+            self._refresh_memory()
+        if ptr + len(data) > size:
+            raise GuestFault(f"{what}: pointer out of bounds ({ptr:#x}+{len(data)} > {size})")
+        self._view[ptr:ptr + len(data)] = data
+
+    def guest_sent(self, topic: bytes, data: bytes) -> int:
+        if len(topic) + len(data) > self.max_message_size:
+            return abi.ERR_TOO_LARGE
+        if len(self.outbox) >= MAX_OUTBOX:
+            return abi.ERR_FULL
+        self.outbox.append((topic.decode("utf-8", "replace"), data))
+        return abi.OK
+
+    def guest_recv(self, topic_buf: int, topic_cap: int, data_buf: int, data_cap: int,
+                   sizes_ptr: int) -> int:
+        if not self.inbox:
+            return 0
+        topic, data = self.inbox[0]
+        encoded = topic.encode()
+        self.write_guest(sizes_ptr, len(encoded).to_bytes(4, "little") +
+                         len(data).to_bytes(4, "little"), "spear.recv sizes")
+        if len(encoded) > (topic_cap & abi.U32_MAX) or len(data) > (data_cap & abi.U32_MAX):
+            return abi.ERR_BUFFER_TOO_SMALL
+        self.write_guest(topic_buf, encoded, "spear.recv topic")
+        self.write_guest(data_buf, data, "spear.recv data")
+        self.inbox.popleft()
+        return 1
+
+    # ------------------------------------------------------------ lifecycle
+
+    def push(self, topic: str, data: bytes) -> None:
+        """Queue a message the guest can pull with `spear.recv`."""
+        self.inbox.append((topic, data))
+
+    def take_sent(self) -> list[tuple[str, bytes]]:
+        """Messages the guest sent since the last call to this."""
+        taken = []
+        while self.outbox:
+            taken.append(self.outbox.popleft())
+        return taken
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def memory_size(self) -> int:
+        return int(self._size)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._store != _NULL:
+                store, self._store = self._store, _NULL
+                lib.wasmtime_store_delete(store)
+
+    def __enter__(self) -> WasmInstance:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        store = getattr(self, "_store", _NULL)
+        if store != _NULL:
+            self._store = _NULL
+            lib.wasmtime_store_delete(store)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self._size} bytes of memory"
+        return f"<WasmInstance {self.label} ({state})>"

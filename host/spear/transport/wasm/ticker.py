@@ -1,0 +1,55 @@
+"""One epoch ticker thread per engine: the clock that preempts guests past their deadline.
+
+Wasmtime checks the engine's epoch at function entries and loop back-edges; a call whose
+deadline (in ticks) has passed traps with `interrupt`. The ticker sleeps in long naps while
+no guest is running with a deadline, so an idle host costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+TICK_SECONDS = 0.002
+
+
+class EpochTicker:
+    def __init__(self, lib: Any, engine: Any, tick: float = TICK_SECONDS) -> None:
+        self._lib = lib
+        self._engine = engine
+        self.tick = tick
+        self.running_calls = 0  # guest calls in progress with a deadline (bumped under the GIL)
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="spear-epoch", daemon=True)
+        self._thread.start()
+
+    def ticks_for(self, seconds: float) -> int:
+        # +1: the current tick may be almost over when the deadline is set.
+        return max(1, int(seconds / self.tick) + 1)
+
+    def call_started(self) -> None:
+        self.running_calls += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def call_finished(self) -> None:
+        self.running_calls -= 1
+
+    def _run(self) -> None:
+        increment = self._lib.wasmtime_engine_increment_epoch
+        engine = self._engine
+        while not self._stop:
+            if self.running_calls <= 0:
+                # Idle: nap until a call with a deadline starts.
+                self._wake.clear()
+                if self.running_calls <= 0:
+                    self._wake.wait(0.5)
+                continue
+            time.sleep(self.tick)
+            increment(engine)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
