@@ -1,0 +1,6 @@
+"""``python -m spear_guest build SRC.c -o OUT.wasm``."""
+
+from spear_guest.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
