@@ -1,0 +1,100 @@
+"""`spear worker`: serve a function in a pod (gRPC and/or TCP) or as a process-runtime child.
+
+    spear worker --grpc 0.0.0.0:50051 myapp.handlers:resize
+    spear worker --grpc 0.0.0.0:50051 --tcp 0.0.0.0:50052 --wasm /app/fn.wasm
+    spear worker myapp.handlers:resize          # no address: the env-based process worker
+
+The token comes from `--token-file` (a mounted Secret) or `$SPEAR_TOKEN`; without one the
+worker serves unauthenticated on the address it was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from spear.config import DEFAULT_MAX_MESSAGE_SIZE
+from spear.errors import InvalidConfiguration
+from spear.transport.tls import TlsConfig
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="serve a function over gRPC/TCP (pods) or as a process-runtime child",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("handler", nargs="?", metavar="MODULE:FUNCTION",
+                        help="the Python handler to serve")
+    parser.add_argument("--grpc", metavar="HOST:PORT", help="serve gRPC here (port 0: any)")
+    parser.add_argument("--tcp", metavar="HOST:PORT", help="serve the framed TCP protocol here")
+    parser.add_argument("--wasm", metavar="MODULE.wasm", help="serve this WASM module")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="file holding the token hosts must present (default: $SPEAR_TOKEN)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="server certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="server private key")
+    parser.add_argument("--tls-client-ca", metavar="PEM",
+                        help="require client certificates signed by this CA (mutual TLS)")
+    parser.add_argument("--health-port", type=int, metavar="PORT",
+                        help="serve grpc.health.v1 on this plaintext port (for kubelet probes "
+                             "when the main port uses TLS)")
+    parser.add_argument("--max-threads", type=int, default=32,
+                        help="threads for sync handlers (default 32)")
+    parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
+                        metavar="BYTES")
+    parser.add_argument("--drain-timeout", type=float, default=25.0, metavar="SECONDS",
+                        help="on SIGTERM, wait this long for requests in flight (default 25)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.grpc is None and args.tcp is None:
+        for flag in ("wasm", "token_file", "tls_cert", "tls_key", "tls_client_ca", "health_port"):
+            if getattr(args, flag) is not None:
+                option = "--" + flag.replace("_", "-")
+                raise InvalidConfiguration(f"{option} needs --grpc or --tcp")
+        from spear.worker.__main__ import main as process_worker_main
+
+        return int(process_worker_main([args.handler] if args.handler else []))
+    return asyncio.run(_serve(args))
+
+
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise InvalidConfiguration("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    return TlsConfig(ca_file=args.tls_client_ca, cert_file=args.tls_cert, key_file=args.tls_key)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from spear.worker.auth import load_token
+    from spear.worker.dispatcher import Dispatcher, Handler, load_handler
+    from spear.worker.pod import PodWorkerConfig, serve_pod
+
+    if (args.handler is None) == (args.wasm is None):
+        raise InvalidConfiguration("give either MODULE:FUNCTION or --wasm MODULE.wasm")
+    handler: Handler
+    if args.wasm is not None:
+        from spear.worker.wasm_handler import WasmHandler
+
+        handler = WasmHandler.load(args.wasm)
+    else:
+        handler = load_handler(args.handler)
+    health_address = None
+    if args.health_port is not None:
+        if args.grpc is None:
+            raise InvalidConfiguration("--health-port needs --grpc")
+        health_address = f"{args.grpc.rpartition(':')[0]}:{args.health_port}"
+    config = PodWorkerConfig(
+        grpc_address=args.grpc,
+        tcp_address=args.tcp,
+        token=load_token(args.token_file),
+        tls=_tls(args),
+        health_address=health_address,
+        max_message_size=args.max_message_size,
+        drain_timeout=args.drain_timeout,
+    )
+    return await serve_pod(Dispatcher(handler, max_threads=args.max_threads), config)

@@ -1,0 +1,115 @@
+"""The pod worker: gRPC and/or framed TCP in front of one `Dispatcher`, drained on SIGTERM.
+
+Kubernetes stops a pod by sending SIGTERM and, at the same time, removing it from the
+Service. The worker then flips its gRPC health to NOT_SERVING (so readiness probes agree),
+tells connected hosts with an unsolicited `Shutdown`, refuses new requests, lets requests in
+flight finish for up to `drain_timeout` seconds, and exits. A `Shutdown` message from an
+authenticated host starts the same sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spear.config import DEFAULT_MAX_MESSAGE_SIZE
+from spear.messages import Shutdown
+from spear.transport.tls import TlsConfig
+from spear.worker.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PodWorkerConfig:
+    grpc_address: str | None = None
+    tcp_address: str | None = None
+    token: str | None = None
+    tls: TlsConfig | None = None
+    # With TLS, kubelet gRPC probes (which cannot do TLS) need health on a plaintext port.
+    health_address: str | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    drain_timeout: float = 25.0
+
+
+def announce(line: str) -> None:
+    """One line on stdout per listener, so supervisors (and tests) learn bound ports."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def serve_pod(
+    dispatcher: Dispatcher,
+    config: PodWorkerConfig,
+    *,
+    ready: Callable[[str], None] = announce,
+) -> int:
+    """Serve until SIGTERM/SIGINT or a `Shutdown` message, then drain. Returns an exit code."""
+    from spear.worker.grpc_server import GrpcWorkerServer
+
+    if config.grpc_address is None and config.tcp_address is None:
+        raise ValueError("serve_pod needs a gRPC or a TCP address")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    drain_timeout = config.drain_timeout
+
+    def on_shutdown(message: Shutdown) -> None:
+        nonlocal drain_timeout
+        drain_timeout = min(drain_timeout, message.timeout_ms / 1000.0) if message.graceful else 0
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    grpc_server: GrpcWorkerServer | None = None
+    tcp_server = None
+    try:
+        if config.grpc_address is not None:
+            grpc_server = GrpcWorkerServer(
+                dispatcher, token=config.token, tls=config.tls,
+                max_message_size=config.max_message_size,
+                health_address=config.health_address, on_shutdown=on_shutdown,
+            )
+            port = await grpc_server.start(config.grpc_address)
+            ready(f"spear-worker listening grpc={_with_port(config.grpc_address, port)}")
+            if config.health_address is not None:
+                health = _with_port(config.health_address, grpc_server.health_port)
+                ready(f"spear-worker listening health={health}")
+        if config.tcp_address is not None:
+            from spear.worker.tcp_listener import TcpWorkerListener
+
+            tcp_server = TcpWorkerListener(
+                dispatcher, token=config.token, tls=config.tls,
+                max_message_size=config.max_message_size, on_shutdown=on_shutdown,
+            )
+            port = await tcp_server.start(config.tcp_address)
+            ready(f"spear-worker listening tcp={_with_port(config.tcp_address, port)}")
+        ready("spear-worker ready")
+        await stop.wait()
+        log.info("draining: up to %.1f s for %d requests in flight",
+                 drain_timeout, dispatcher.in_flight)
+        if grpc_server is not None:
+            await grpc_server.begin_drain(drain_timeout)
+        if tcp_server is not None:
+            tcp_server.stop_accepting()
+        finished = await dispatcher.drain(drain_timeout)
+        if not finished:
+            log.warning("drain timed out with %d requests in flight", dispatcher.in_flight)
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if grpc_server is not None:
+            await grpc_server.stop(grace=0.5)
+        if tcp_server is not None:
+            await tcp_server.close()
+        dispatcher.close()
+
+
+def _with_port(address: str, port: int) -> str:
+    """`address` with its (possibly 0) port replaced by the bound one."""
+    return f"{address.rpartition(':')[0]}:{port}"
