@@ -74,9 +74,7 @@ def compile_flags(
 
     ``wasm32-freestanding`` (no libc, no WASI), ``-nostdlib`` (``spear.h`` defines the few
     libc symbols the compiler may call), ``--no-entry`` (a reactor-style library with no
-    ``_start``), ``-g0`` (no DWARF; the ``name`` section stays, so traps name functions),
-    ``-fsanitize-trap=undefined`` (zig's Debug builds enable UBSan; make its checks trap
-    instead of calling a runtime that freestanding wasm does not have).
+    ``_start``), ``-g0`` (no DWARF; the ``name`` section stays, so traps name functions).
     wasm-ld exports ``memory`` and defines ``__heap_base`` by default, and the stack is placed
     first (default 1 MiB) so a shadow-stack overflow traps instead of corrupting data.
     """
@@ -85,14 +83,11 @@ def compile_flags(
     except KeyError:
         choices = ", ".join(OPT_LEVELS)
         raise BuildError(f"unknown optimisation level {opt!r} (choose from {choices})") from None
-    flags = [
-        "--target=wasm32-freestanding",
-        level,
-        "-g0",
-        "-fsanitize-trap=undefined",
-        "-nostdlib",
-        "-Wl,--no-entry",
-    ]
+    flags = ["--target=wasm32-freestanding", level, "-g0", "-nostdlib", "-Wl,--no-entry"]
+    if level == "-O0":
+        # zig enables UBSan at -O0, whose runtime freestanding wasm does not have: make the
+        # checks trap instead (zig turns this flag on for every level, so only here).
+        flags.append("-fsanitize-trap=undefined")
     if stack_size is not None:
         if stack_size <= 0 or stack_size % 16:
             raise BuildError(f"stack size must be a positive multiple of 16, got {stack_size}")
