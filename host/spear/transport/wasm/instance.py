@@ -43,6 +43,7 @@ _RESPONSE_unpack_from = abi.RESPONSE.unpack_from
 _call_unchecked = lib.wasmtime_func_call_unchecked
 _memory_size = lib.wasmtime_memory_data_size
 _set_deadline = lib.wasmtime_context_set_epoch_deadline
+_monotonic_ns = time.monotonic_ns
 _NULL = ffi.NULL
 
 
@@ -52,6 +53,18 @@ OK = 0
 ERROR = 1
 TIMEOUT = 2
 CallResult = tuple[int, Any, str | None]
+
+
+def trap_reason(message: str) -> str:
+    """The "Caused by" part of a wasmtime trap message, on one line, without the backtrace."""
+    _, found, causes = message.partition("Caused by:")
+    text = causes if found else message
+    reasons = []
+    for line in text.strip().splitlines():
+        line = line.strip()
+        head, sep, rest = line.partition(": ")
+        reasons.append(rest if sep and head.isdigit() else line)
+    return "; ".join(r for r in reasons if r)
 
 
 class WasmInstance:
@@ -71,6 +84,9 @@ class WasmInstance:
         self._handle = ffi.new_handle(self)
         self._slots = ffi.new("wasmtime_val_raw_t[1]")
         self._trap = ffi.new("wasm_trap_t **")
+        self._status = ffi.cast("int32_t *", self._slots)  # the handler's i32 result
+        self._fuel = module.fuel
+        self._live = False
         self._store: Any = _NULL
         self._closed = False
         self._new_store()
@@ -89,6 +105,7 @@ class WasmInstance:
                 self._check(lib.wasmtime_context_set_fuel(context, module.fuel))
             module._instantiate_raw(context, instance)
             self._store, self._context, self._instance = store, context, instance
+            self._live = True
             self._funcs: dict[str, Any] = {}
             self._handlers: dict[str, tuple[Any, bytes, int]] = {}
             self._deadline_armed = False
@@ -100,6 +117,7 @@ class WasmInstance:
             self._negotiate()
         except BaseException:
             self._store = _NULL
+            self._live = False
             lib.wasmtime_store_delete(store)
             raise
 
@@ -152,6 +170,8 @@ class WasmInstance:
         if magic != abi.CTRL_MAGIC or version_field != version:
             raise ExecutionFailed("control block has a wrong magic or ABI version", "abi")
         self._ctrl = ctrl
+        self._ctrl_request = ctrl + abi.CTRL_REQUEST
+        self._ctrl_response = ctrl + abi.CTRL_RESPONSE
         self._read_request_buffer()
         self.module.abi_version = version
 
@@ -195,10 +215,8 @@ class WasmInstance:
                 metadata: dict[str, str] | None, request_id: int = 0) -> CallResult:
         """Like `call`, but failures come back as a `CallResult` (no exception cost)."""
         with self._lock:
-            if self._store == _NULL:
-                if self._closed:
-                    raise ChannelClosed(f"WASM instance {self.label} is closed")
-                self._new_store()
+            if not self._live:
+                self._revive()
             entry = self._handlers.get(function)
             if entry is None:
                 entry = self._resolve_handler(function)
@@ -206,17 +224,17 @@ class WasmInstance:
                     return (ERROR, f"module has no handler named {function!r} (handlers: "
                             f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
             func, name, n_name = entry
-            meta = abi.encode_metadata(metadata) if metadata else b""
-            n_meta, n_input = len(meta), len(input)
+            n_input = len(input)
+            if metadata:
+                meta = abi.encode_metadata(metadata)
+                n_meta = len(meta)
+            else:
+                n_meta = 0
             total = n_name + n_meta + n_input
             if total > self._req_cap:
-                if total > self.max_message_size:
-                    return (ERROR, f"request of {total} bytes exceeds the maximum of "
-                            f"{self.max_message_size}", "too_large")
-                try:
-                    self._reserve(total)
-                except ExecutionFailed as exc:
-                    return (ERROR, str(exc), str(exc.code))
+                failure = self._make_room(total)
+                if failure is not None:
+                    return failure
             view = self._view
             ptr = self._req_ptr
             view[ptr:ptr + n_name] = name
@@ -226,34 +244,35 @@ class WasmInstance:
             input_ptr = meta_ptr + n_meta
             view[input_ptr:input_ptr + n_input] = input
             self.calls += 1
-            deadline_ns = 0
-            ticker = self._ticker
+            context = self._context
             if timeout is not None:
-                deadline_ns = time.monotonic_ns() + int(timeout * 1e9)
-                _set_deadline(self._context, ticker.ticks_for(timeout))
+                ticker = self._ticker
+                deadline_ns = _monotonic_ns() + int(timeout * 1e9)
+                _set_deadline(context, int(timeout * ticker.ticks_per_second) + 1)
                 self._deadline_armed = True
                 ticker.running_calls += 1
-                if not ticker._wake.is_set():
-                    ticker._wake.set()
-            elif self._deadline_armed:
-                _set_deadline(self._context, NO_DEADLINE)
-                self._deadline_armed = False
-            if self.module.fuel is not None:
-                lib.wasmtime_context_set_fuel(self._context, self.module.fuel)
-            _REQUEST_pack_into(view, self._ctrl + abi.CTRL_REQUEST, ptr, n_name, meta_ptr, n_meta,
+                if ticker.sleeping:
+                    ticker.wake()
+            else:
+                deadline_ns = 0
+                if self._deadline_armed:
+                    _set_deadline(context, NO_DEADLINE)
+                    self._deadline_armed = False
+            if self._fuel is not None:
+                lib.wasmtime_context_set_fuel(context, self._fuel)
+            _REQUEST_pack_into(view, self._ctrl_request, ptr, n_name, meta_ptr, n_meta,
                                input_ptr, n_input, len(metadata) if metadata else 0, 0,
                                request_id or self.calls, deadline_ns, 0, 0, 0)
-            slots = self._slots
             trap = self._trap
             try:
-                error = _call_unchecked(self._context, func, slots, 1, trap)
+                error = _call_unchecked(context, func, self._slots, 1, trap)
             finally:
                 if timeout is not None:
-                    ticker.running_calls -= 1
-            if error != _NULL or trap[0] != _NULL:
+                    self._ticker.running_calls -= 1
+            if error or trap[0]:
                 return self._failed(error, function, timeout)
-            status = slots[0].i32
-            out_ptr, out_len, err_code = _RESPONSE_unpack_from(view, self._ctrl + abi.CTRL_RESPONSE)
+            status = self._status[0]
+            out_ptr, out_len, err_code = _RESPONSE_unpack_from(view, self._ctrl_response)
             end = out_ptr + out_len
             if end > self._size:
                 # Memory never shrinks and never moves, so only a grown memory needs a new view.
@@ -268,6 +287,21 @@ class WasmInstance:
                 return (ERROR, view[out_ptr:end].tobytes().decode("utf-8", "replace"),
                         str(err_code))
             return (ERROR, f"guest returned invalid status {status}", "bad_status")
+
+    def _revive(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"WASM instance {self.label} is closed")
+        self._new_store()
+
+    def _make_room(self, total: int) -> CallResult | None:
+        if total > self.max_message_size:
+            return (ERROR, f"request of {total} bytes exceeds the maximum of "
+                    f"{self.max_message_size}", "too_large")
+        try:
+            self._reserve(total)
+        except ExecutionFailed as exc:
+            return (ERROR, str(exc), str(exc.code))
+        return None
 
     def _resolve_handler(self, function: str) -> tuple[Any, bytes, int] | None:
         if function in self.module.handlers:
@@ -293,13 +327,14 @@ class WasmInstance:
             return (TIMEOUT, f"{function!r} did not finish within {timeout} s "
                     "(guest interrupted)", "timeout")
         kind = TRAP_NAMES.get(code, "trap") if code is not None else "trap"
-        first_line = message.strip().splitlines()[0] if message.strip() else kind
-        return (ERROR, f"guest trapped in {function!r}: {first_line}", f"trap:{kind}")
+        return (ERROR, f"guest trapped in {function!r}: {trap_reason(message) or kind}",
+                f"trap:{kind}")
 
     def _replace(self) -> None:
         """Drop the store (and the instance in it) and start over from the compiled module."""
         self.replacements += 1
         old, self._store = self._store, _NULL
+        self._live = False
         lib.wasmtime_store_delete(old)
         try:
             self._new_store()
@@ -370,13 +405,19 @@ class WasmInstance:
 
     @property
     def memory_size(self) -> int:
-        return int(self._size)
+        """Current size of the guest's linear memory in bytes (0 once closed)."""
+        with self._lock:
+            if not self._live:
+                return 0
+            self._refresh_memory()
+            return int(self._size)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._live = False
             if self._store != _NULL:
                 store, self._store = self._store, _NULL
                 lib.wasmtime_store_delete(store)

@@ -138,7 +138,10 @@ class WasmModule:
         if error != ffi.NULL:
             raise ExecutionFailed(f"cannot link module: {error_message(error)}", "link_error")
         self._instance_pre = pre[0]
-        self.abi_version: int | None = None  # learnt from the first instance
+        self.abi_version: int | None = None
+        # One probe instance checks the ABI handshake now, so a bad module fails at load time
+        # rather than at its first call (and `spear inspect` can report the version).
+        self.instantiate().close()
 
     @classmethod
     def load(

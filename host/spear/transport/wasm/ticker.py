@@ -19,7 +19,11 @@ class EpochTicker:
         self._lib = lib
         self._engine = engine
         self.tick = tick
-        self.running_calls = 0  # guest calls in progress with a deadline (bumped under the GIL)
+        self.ticks_per_second = 1.0 / tick
+        # Guest calls in progress with a deadline. Callers bump it, then wake the ticker if
+        # `sleeping`; the ticker sets `sleeping`, then re-checks it. Both under the GIL.
+        self.running_calls = 0
+        self.sleeping = False
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="spear-epoch", daemon=True)
@@ -29,13 +33,8 @@ class EpochTicker:
         # +1: the current tick may be almost over when the deadline is set.
         return max(1, int(seconds / self.tick) + 1)
 
-    def call_started(self) -> None:
-        self.running_calls += 1
-        if not self._wake.is_set():
-            self._wake.set()
-
-    def call_finished(self) -> None:
-        self.running_calls -= 1
+    def wake(self) -> None:
+        self._wake.set()
 
     def _run(self) -> None:
         increment = self._lib.wasmtime_engine_increment_epoch
@@ -44,8 +43,10 @@ class EpochTicker:
             if self.running_calls <= 0:
                 # Idle: nap until a call with a deadline starts.
                 self._wake.clear()
+                self.sleeping = True
                 if self.running_calls <= 0:
                     self._wake.wait(0.5)
+                self.sleeping = False
                 continue
             time.sleep(self.tick)
             increment(engine)
