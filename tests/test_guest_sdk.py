@@ -491,6 +491,8 @@ SPEAR_HANDLER(info) {
     return spear_output_buf(&b);
 }
 
+SPEAR_HANDLER_AS(dashed, "with-dash.v2") { return spear_output(req->name, req->name_len); }
+
 SPEAR_DISPATCH() {
     if (spear_name_is(req, "hello")) return spear_output_str("hello from dispatch");
     return spear_error_n(7, req->name, req->name_len);
@@ -524,6 +526,7 @@ def test_sdk_persistent_alloc_dispatch_and_second_tu(
     status, out, _ = h.call("copy", b"abc")
     assert (status, out) == (0, b"abc") and h.last["out_ptr"] != h.last["input_ptr"]
     assert h.call("second", b"2nd") == (0, b"2nd", 0)
+    assert h.call("with-dash.v2")[:2] == (0, b"with-dash.v2")
     assert h.call("realloc") == (0, b"in place", 0)
     assert h.call("info") == (0, b"info id=7 i64=-9223372036854775808", 0)
     # spear_reserve after a persistent allocation moves the buffer past it

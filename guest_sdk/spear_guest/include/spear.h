@@ -585,13 +585,17 @@ SPEAR_INLINE int32_t spear_recv_message(spear_message *m) {
 /* SPEAR_HANDLER(name) { ... } defines the handler exported as "spear.handler.name". The body
  * sees `const spear_request *req` and returns a status: `return spear_output(...)`,
  * `return spear_error(code, "msg")`. The arena is reset before the body runs. */
-#define SPEAR_HANDLER(name)                                                                    \
-    static int32_t spear__impl_##name(const spear_request *req);                               \
-    SPEAR_EXPORT("spear.handler." #name) int32_t spear__handler_##name(void) {                 \
+#define SPEAR_HANDLER(name) SPEAR_HANDLER_AS(name, #name)
+
+/* SPEAR_HANDLER_AS(ident, "name") is SPEAR_HANDLER for handler names that are not C
+ * identifiers, e.g. SPEAR_HANDLER_AS(get_user, "get-user"); ident only names the C functions. */
+#define SPEAR_HANDLER_AS(ident, name_str)                                                      \
+    static int32_t spear__impl_##ident(const spear_request *req);                              \
+    SPEAR_EXPORT("spear.handler." name_str) int32_t spear__handler_##ident(void) {             \
         spear__arena_top = spear__arena_base;                                                  \
-        return spear__impl_##name(&spear__cb);                                                 \
+        return spear__impl_##ident(&spear__cb);                                                \
     }                                                                                          \
-    static int32_t spear__impl_##name(const spear_request *req)
+    static int32_t spear__impl_##ident(const spear_request *req)
 
 /* SPEAR_DISPATCH() { ... } defines the optional `spear_dispatch` catch-all, called for names
  * with no SPEAR_HANDLER; use req->name / spear_name_is(req, "x"). */
