@@ -1,10 +1,12 @@
 /* sender: uses the `send` and `recv` host calls.
  *   emit   input is a decimal N: sends N messages with topic "tick" and data "0", "1", ...,
  *          then returns "sent N". Bad input: status 1, err_code 400. A failing send: status 1,
- *          err_code = the send result, "send failed at I code C".
+ *          err_code = -C (positive: 2 full, 3 too large), "send failed at I code C" where C is
+ *          the send result.
  *   pull   receives every queued message and returns "topic=data;" for each, concatenated.
  *          Starts with small buffers (64-byte topic, 256-byte data) and retries with bigger
- *          arena buffers when recv says they are too small.
+ *          arena buffers when recv says they are too small. A recv failure: status 1,
+ *          err_code = -result, "recv failed with code C".
  *   flood  sends (topic "flood", data = the input, or the decimal index when the input is
  *          empty) until send returns non-zero, then returns "stopped at K code C" (K messages
  *          were accepted, C is the send result).
@@ -26,7 +28,7 @@ SPEAR_HANDLER(emit) {
             spear_buf_append_u64(&msg, i);
             spear_buf_append_str(&msg, " code ");
             spear_buf_append_i64(&msg, rc);
-            return spear_error_buf(rc, &msg);
+            return spear_error_buf(-rc, &msg);
         }
     }
     spear_buf out;
@@ -53,7 +55,7 @@ SPEAR_HANDLER(pull) {
         spear_buf_init(&msg, 32);
         spear_buf_append_str(&msg, "recv failed with code ");
         spear_buf_append_i64(&msg, rc);
-        return spear_error_buf(rc, &msg);
+        return spear_error_buf(-rc, &msg);
     }
     return spear_output_buf(&out);
 }
