@@ -23,11 +23,11 @@ class StatsRecorder:
     """Counters a channel bumps on its hot path; `snapshot()` computes a true mean latency."""
 
     __slots__ = (
-        "_latency_total",
-        "_started",
+                "_started",
         "bytes_received",
         "bytes_sent",
         "connection_errors",
+        "latency_total",
         "messages_received",
         "messages_sent",
         "requests_completed",
@@ -43,7 +43,7 @@ class StatsRecorder:
         self.connection_errors = 0
         self.timeout_errors = 0
         self.requests_completed = 0
-        self._latency_total = 0.0
+        self.latency_total = 0.0
 
     def sent(self, nbytes: int) -> None:
         self.messages_sent += 1
@@ -55,7 +55,7 @@ class StatsRecorder:
 
     def completed(self, latency_s: float) -> None:
         self.requests_completed += 1
-        self._latency_total += latency_s
+        self.latency_total += latency_s
 
     def snapshot(self) -> ChannelStats:
         done = self.requests_completed
@@ -67,6 +67,6 @@ class StatsRecorder:
             connection_errors=self.connection_errors,
             timeout_errors=self.timeout_errors,
             requests_completed=done,
-            mean_latency_ms=(self._latency_total / done * 1000.0) if done else 0.0,
+            mean_latency_ms=(self.latency_total / done * 1000.0) if done else 0.0,
             uptime_s=time.monotonic() - self._started,
         )

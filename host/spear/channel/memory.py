@@ -34,6 +34,7 @@ from spear.transport.wasm.instance import OK, TIMEOUT, CallResult, WasmInstance
 from spear.transport.wasm.module import WasmModule
 
 DEFAULT_INLINE_THRESHOLD_US = 500
+_perf_counter = time.perf_counter
 FAST_CALLS_BEFORE_INLINE = 3
 _SUCCESS = ExecutionStatus.SUCCESS
 _ERROR = ExecutionStatus.ERROR
@@ -55,7 +56,8 @@ class MemoryChannel(CommunicationChannel):
             int(config.extra.get("inline_threshold_us", DEFAULT_INLINE_THRESHOLD_US)) / 1e6
         )
         self._fast_streak: dict[str, int] = {}  # handler -> consecutive fast threaded calls
-        self._inline: set[str] = set()  # handlers allowed to run on the loop
+        # Handlers allowed to run on the loop (auto mode learns them; "inline" never asks).
+        self._inline: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()  # serialises calls that leave the loop
         self._threaded = 0  # threaded calls queued or running; inline must wait for them
@@ -75,49 +77,54 @@ class MemoryChannel(CommunicationChannel):
     def wasm_instance(self) -> WasmInstance:
         return self._instance
 
-    async def request_response(
-        self, request: RuntimeMessage, timeout: float | None = None
-    ) -> RuntimeMessage:
-        if type(request) is ExecutionRequest:
-            return await self.execute(request, timeout)
-        if type(request) is HealthCheck:
-            return self._health(request.request_id)
-        raise InvalidMessage(
-            f"a WASM channel answers ExecutionRequest and HealthCheck, not {type(request).__name__}"
-        )
-
     async def execute(
         self, request: ExecutionRequest, timeout: float | None = None
     ) -> ExecutionResponse:
         """`request_response` for an `ExecutionRequest`, typed."""
+        response = await self.request_response(request, timeout)
+        assert type(response) is ExecutionResponse
+        return response
+
+    async def request_response(
+        self, request: RuntimeMessage, timeout: float | None = None
+    ) -> RuntimeMessage:
+        """Run an `ExecutionRequest` (the hot path) or answer a `HealthCheck`."""
+        if type(request) is not ExecutionRequest:
+            if type(request) is HealthCheck:
+                return self._health(request.request_id)
+            raise InvalidMessage(
+                "a WASM channel answers ExecutionRequest and HealthCheck, "
+                f"not {type(request).__name__}"
+            )
         if self._closed:
             raise ChannelClosed(f"channel to {self._id.full_id} is closed")
         if timeout is None:
             timeout = (request.timeout_ms / 1000.0 if request.timeout_ms > 0
                        else self._default_timeout)
         function = request.function_name
-        started = time.perf_counter()
-        if not self._threaded and (
-            self._dispatch == "inline"
-            or (self._dispatch == "auto" and function in self._inline)
-        ):
-            result = self._instance.execute(function, request.input_data, timeout,
-                                            request.metadata or None)
-            elapsed = time.perf_counter() - started
+        data = request.input_data
+        started = _perf_counter()
+        if not self._threaded and (function in self._inline or self._dispatch == "inline"):
+            result = self._instance.execute(function, data, timeout, request.metadata or None)
+            elapsed = _perf_counter() - started
             if elapsed > self._inline_threshold and self._dispatch == "auto":
                 self._inline.discard(function)
                 self._fast_streak[function] = 0
         else:
             result = await self._run_threaded(request, timeout)
-            elapsed = time.perf_counter() - started
+            elapsed = _perf_counter() - started
+        # StatsRecorder's counters, bumped inline: this runs for every request.
         stats = self._stats
-        stats.sent(len(request.input_data))
+        stats.messages_sent += 1
+        stats.bytes_sent += len(data)
         if self._instance.outbox:
             self._deliver_sent()
         kind, payload, code = result
         if kind == OK:
-            stats.received(len(payload))
-            stats.completed(elapsed)
+            stats.messages_received += 1
+            stats.bytes_received += len(payload)
+            stats.requests_completed += 1
+            stats.latency_total += elapsed
             return ExecutionResponse(request.request_id, payload, _SUCCESS, None, None,
                                      elapsed * 1000.0)
         if kind == TIMEOUT:
@@ -187,7 +194,7 @@ class MemoryChannel(CommunicationChannel):
             request_id,
             "not_serving" if self._closed else "serving",
             {
-                "calls": float(instance.calls),
+                "calls": float(instance.call_count),
                 "replacements": float(instance.replacements),
                 "memory_bytes": float(instance.memory_size),
                 "queued_for_guest": float(len(instance.inbox)),

@@ -39,7 +39,8 @@ class Engine:
         self.ptr: Any = lib.wasm_engine_new_with_config(config)  # takes ownership of config
         if self.ptr == ffi.NULL:
             raise RuntimeError("wasmtime could not create an engine")
-        self.ticker = EpochTicker(lib, self.ptr)
+        self.ticker_state: Any = ffi.new("spear_ticker_t *")
+        self.ticker = EpochTicker(lib, self.ptr, self.ticker_state)
 
 
 _engines: dict[EngineOptions, Engine] = {}

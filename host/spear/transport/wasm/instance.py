@@ -28,6 +28,7 @@ from spear.transport.wasm.capi import (
     trap_details,
 )
 from spear.transport.wasm.host_calls import GuestFault
+from spear.transport.wasm.native_call import FUNCTIONS, native
 
 if TYPE_CHECKING:
     from spear.transport.wasm.module import WasmModule
@@ -44,6 +45,11 @@ _call_unchecked = lib.wasmtime_func_call_unchecked
 _memory_size = lib.wasmtime_memory_data_size
 _set_deadline = lib.wasmtime_context_set_epoch_deadline
 _monotonic_ns = time.monotonic_ns
+_call: Any = native.spear_call if native is not None else None
+_call_meta: Any = native.spear_call_meta if native is not None else None
+FAST_TRAPPED = -1
+FAST_BAD_POINTER = -4
+FAST_STATUS = -3
 _NULL = ffi.NULL
 
 
@@ -53,6 +59,11 @@ OK = 0
 ERROR = 1
 TIMEOUT = 2
 CallResult = tuple[int, Any, str | None]
+
+
+def _signed(err_code: int) -> str:
+    """The guest's `err_code` is an i32 (docs/wasm-abi.md); it arrives as a u32."""
+    return str(err_code - (1 << 32) if err_code >= 1 << 31 else err_code)
 
 
 def trap_reason(message: str) -> str:
@@ -77,7 +88,7 @@ class WasmInstance:
         self.max_message_size = max_message_size
         self.outbox: collections.deque[tuple[str, bytes]] = collections.deque()
         self.inbox: collections.deque[tuple[str, bytes]] = collections.deque()
-        self.calls = 0
+        self._calls = 0  # request ids on the pure-Python path
         self.replacements = 0
         self._lock = threading.Lock()
         self._ticker = module.engine.ticker
@@ -85,6 +96,7 @@ class WasmInstance:
         self._slots = ffi.new("wasmtime_val_raw_t[1]")
         self._trap = ffi.new("wasm_trap_t **")
         self._status = ffi.cast("int32_t *", self._slots)  # the handler's i32 result
+        self._fast: Any = ffi.new("spear_fast_t *") if native is not None else None
         self._fuel = module.fuel
         self._live = False
         self._store: Any = _NULL
@@ -107,10 +119,21 @@ class WasmInstance:
             self._store, self._context, self._instance = store, context, instance
             self._live = True
             self._funcs: dict[str, Any] = {}
-            self._handlers: dict[str, tuple[Any, bytes, int]] = {}
+            self._handlers: dict[str, tuple[Any, bytes, int, Any]] = {}
+            self._keepalive: list[Any] = []
             self._deadline_armed = False
             memory = self._export(abi.EXPORT_MEMORY, EXTERN_MEMORY)
             self._memory = ffi.new("wasmtime_memory_t *", memory.of.memory)
+            if self._fast is not None:
+                fast = self._fast
+                fast.call_unchecked = FUNCTIONS["call_unchecked"]
+                fast.set_deadline = FUNCTIONS["set_deadline"]
+                fast.memory_size = FUNCTIONS["memory_size"]
+                fast.context = context
+                fast.memory = self._memory
+                fast.deadline_armed = 0
+                fast.ticker = module.engine.ticker_state
+                fast.tick_ns = int(self._ticker.tick * 1e9)
             self._refresh_memory()
             if module.has_initialize:
                 self._call_plain(abi.EXPORT_INITIALIZE, ())
@@ -170,6 +193,8 @@ class WasmInstance:
         if magic != abi.CTRL_MAGIC or version_field != version:
             raise ExecutionFailed("control block has a wrong magic or ABI version", "abi")
         self._ctrl = ctrl
+        if self._fast is not None:
+            self._fast.ctrl = ctrl
         self._ctrl_request = ctrl + abi.CTRL_REQUEST
         self._ctrl_response = ctrl + abi.CTRL_RESPONSE
         self._read_request_buffer()
@@ -180,6 +205,9 @@ class WasmInstance:
         base = lib.wasmtime_memory_data(self._context, self._memory)
         self._size = size
         self._view = memoryview(ffi.buffer(base, size)) if size else memoryview(b"")
+        if self._fast is not None:
+            self._fast.base = base
+            self._fast.size = size
 
     def _read_request_buffer(self) -> None:
         ptr, cap = abi.REQ_BUFFER.unpack_from(self._view, self._ctrl + abi.CTRL_REQ)
@@ -187,6 +215,8 @@ class WasmInstance:
             raise ExecutionFailed(
                 f"guest request buffer [{ptr:#x}, +{cap}) lies outside its memory", "abi")
         self._req_ptr, self._req_cap = ptr, cap
+        if self._fast is not None:
+            self._fast.req_ptr, self._fast.req_cap = ptr, cap
 
     def _reserve(self, size: int) -> None:
         status = self._call_plain(abi.EXPORT_RESERVE, (size,))
@@ -212,7 +242,7 @@ class WasmInstance:
         raise ExecutionFailed(payload, code)
 
     def execute(self, function: str, input: bytes, timeout: float | None,
-                metadata: dict[str, str] | None, request_id: int = 0) -> CallResult:
+                metadata: dict[str, str] | None) -> CallResult:
         """Like `call`, but failures come back as a `CallResult` (no exception cost)."""
         with self._lock:
             if not self._live:
@@ -223,18 +253,35 @@ class WasmInstance:
                 if entry is None:
                     return (ERROR, f"module has no handler named {function!r} (handlers: "
                             f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
-            func, name, n_name = entry
+            func, name, n_name, _ = entry
             n_input = len(input)
             if metadata:
                 meta = abi.encode_metadata(metadata)
                 n_meta = len(meta)
             else:
+                meta = b""
                 n_meta = 0
             total = n_name + n_meta + n_input
             if total > self._req_cap:
                 failure = self._make_room(total)
                 if failure is not None:
                     return failure
+            fast = self._fast
+            if fast is not None:
+                timeout_ns = 0 if timeout is None else max(1, int(timeout * 1e9))
+                if n_meta:
+                    result = _call_meta(fast, entry[3], input, n_input, timeout_ns, meta, n_meta,
+                                        len(metadata))  # type: ignore[arg-type]
+                else:
+                    result = _call(fast, entry[3], input, n_input, timeout_ns)
+                if result >= 0:
+                    out_ptr = result & 0xFFFFFFFF
+                    end = out_ptr + (result >> 32)
+                    if end > self._size:
+                        self._refresh_memory()
+                    return (OK, self._view[out_ptr:end].tobytes(), None)
+                return self._fast_outcome(result, function, timeout)
+            self._calls += 1
             view = self._view
             ptr = self._req_ptr
             view[ptr:ptr + n_name] = name
@@ -243,7 +290,6 @@ class WasmInstance:
                 view[meta_ptr:meta_ptr + n_meta] = meta
             input_ptr = meta_ptr + n_meta
             view[input_ptr:input_ptr + n_input] = input
-            self.calls += 1
             context = self._context
             if timeout is not None:
                 ticker = self._ticker
@@ -262,7 +308,7 @@ class WasmInstance:
                 lib.wasmtime_context_set_fuel(context, self._fuel)
             _REQUEST_pack_into(view, self._ctrl_request, ptr, n_name, meta_ptr, n_meta,
                                input_ptr, n_input, len(metadata) if metadata else 0, 0,
-                               request_id or self.calls, deadline_ns, 0, 0, 0)
+                               self._calls, deadline_ns, 0, 0, 0)
             trap = self._trap
             try:
                 error = _call_unchecked(context, func, self._slots, 1, trap)
@@ -285,8 +331,29 @@ class WasmInstance:
                 return (OK, view[out_ptr:end].tobytes(), None)
             if status == 1:
                 return (ERROR, view[out_ptr:end].tobytes().decode("utf-8", "replace"),
-                        str(err_code))
+                        _signed(err_code))
             return (ERROR, f"guest returned invalid status {status}", "bad_status")
+
+    def _fast_outcome(self, result: int, function: str, timeout: float | None) -> CallResult:
+        """Everything but plain success from the native call."""
+        fast = self._fast
+        if result == FAST_TRAPPED:
+            error, fast.error = fast.error, _NULL
+            if fast.trap:
+                self._trap[0] = fast.trap
+                fast.trap = _NULL
+            return self._failed(error, function, timeout)
+        if result == FAST_BAD_POINTER:
+            return (ERROR, f"guest returned an output of {fast.out_len} bytes at "
+                    f"{fast.out_ptr:#x}, outside its {fast.size}-byte memory", "bad_pointer")
+        if result == FAST_STATUS:
+            status = fast.status
+            if status == 1:
+                self._refresh_memory()
+                message = self._view[fast.out_ptr:fast.out_ptr + fast.out_len].tobytes()
+                return (ERROR, message.decode("utf-8", "replace"), _signed(fast.err_code))
+            return (ERROR, f"guest returned invalid status {status}", "bad_status")
+        return (ERROR, f"native call failed with {result}", "internal")
 
     def _revive(self) -> None:
         if self._closed:
@@ -303,7 +370,7 @@ class WasmInstance:
             return (ERROR, str(exc), str(exc.code))
         return None
 
-    def _resolve_handler(self, function: str) -> tuple[Any, bytes, int] | None:
+    def _resolve_handler(self, function: str) -> tuple[Any, bytes, int, Any] | None:
         if function in self.module.handlers:
             func = self._func(abi.HANDLER_PREFIX + function)
         elif self.module.has_dispatch:
@@ -311,7 +378,14 @@ class WasmInstance:
         else:
             return None
         name = function.encode()
-        entry = self._handlers[function] = (func, name, len(name))
+        native_handler = _NULL
+        if self._fast is not None:
+            # The C struct points at `name_buffer`; the entry keeps both alive together.
+            name_buffer = ffi.new("uint8_t[]", name)
+            native_handler = ffi.new("spear_handler_t *", {
+                "func": func, "name": name_buffer, "name_len": len(name)})
+            self._keepalive.append(name_buffer)
+        entry = self._handlers[function] = (func, name, len(name), native_handler)
         return entry
 
     def _failed(self, error: Any, function: str, timeout: float | None) -> CallResult:
@@ -398,6 +472,11 @@ class WasmInstance:
         while self.outbox:
             taken.append(self.outbox.popleft())
         return taken
+
+    @property
+    def call_count(self) -> int:
+        """Calls made into the guest's handlers so far."""
+        return int(self._fast.calls) if self._fast is not None else self._calls
 
     @property
     def closed(self) -> bool:

@@ -12,11 +12,15 @@ import time
 from typing import Any
 
 TICK_SECONDS = 0.002
+IDLE_NAP = 0.01
 
 
 class EpochTicker:
-    def __init__(self, lib: Any, engine: Any, tick: float = TICK_SECONDS) -> None:
+    def __init__(self, lib: Any, engine: Any, shared: Any, tick: float = TICK_SECONDS) -> None:
         self._lib = lib
+        # Native calls count themselves in `shared.running` (atomically, without the GIL) and
+        # cannot wake us, so while idle we nap only IDLE_NAP: a deadline starts at most that late.
+        self.shared = shared
         self._engine = engine
         self.tick = tick
         self.ticks_per_second = 1.0 / tick
@@ -39,13 +43,13 @@ class EpochTicker:
     def _run(self) -> None:
         increment = self._lib.wasmtime_engine_increment_epoch
         engine = self._engine
+        shared = self.shared
         while not self._stop:
-            if self.running_calls <= 0:
-                # Idle: nap until a call with a deadline starts.
+            if self.running_calls <= 0 and shared.running <= 0:
                 self._wake.clear()
                 self.sleeping = True
                 if self.running_calls <= 0:
-                    self._wake.wait(0.5)
+                    self._wake.wait(IDLE_NAP)
                 self.sleeping = False
                 continue
             time.sleep(self.tick)
