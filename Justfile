@@ -23,6 +23,6 @@ lint:
 proto:
     {{python}} -m grpc_tools.protoc -I host/spear/transport/grpc/proto --python_out=host/spear/transport/grpc/generated --grpc_python_out=host/spear/transport/grpc/generated --pyi_out=host/spear/transport/grpc/generated host/spear/transport/grpc/proto/spear_runtime.proto
 
-# the main job
-demo:
-    spear serve
+# the main job: build the example guests and call one (switches to `spear serve` when it lands)
+demo: fixtures
+    spear run wasm_fixtures/build/multi.wasm --function upper --input "hello from spear"
