@@ -16,7 +16,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from spear.channel.base import CommunicationChannel
 from spear.errors import ChannelClosed, CommunicationError
@@ -34,12 +35,26 @@ Launch = Callable[[FunctionSpec, int, str], Awaitable[RuntimeInstance]]
 Stop = Callable[[RuntimeInstance], Awaitable[None]]
 
 
-def transport_of(channel: CommunicationChannel) -> str:
-    """The transport name for metrics: the channel's own `channel_type`, else from its class."""
-    for attr in ("channel_type", "transport"):
-        value = getattr(channel, attr, None)
-        if isinstance(value, str) and value:
-            return value
+def transport_of(instance: RuntimeInstance) -> str:
+    """The transport name for metrics: unix, tcp, grpc or memory.
+
+    Asked of the instance (`ProcessInstance.channel_type`), then of the channel (its
+    `channel_type`, or the scheme of its `peer`), looking through a reconnecting wrapper's
+    `current` channel, and last from the channel's class name.
+    """
+    value = getattr(instance, "channel_type", None)
+    if isinstance(value, str) and value:
+        return value
+    channel: object = instance.channel
+    inner = getattr(channel, "current", None)
+    if isinstance(inner, CommunicationChannel):
+        channel = inner
+    value = getattr(channel, "channel_type", None)
+    if isinstance(value, str) and value:
+        return value
+    peer = getattr(channel, "peer", None)
+    if isinstance(peer, str) and peer.partition(":")[0] in ("unix", "tcp"):
+        return peer.partition(":")[0]
     name = type(channel).__name__.lower()
     for kind in ("unix", "tcp", "grpc", "memory"):
         if kind in name:
@@ -61,22 +76,26 @@ class Slot:
     ) -> None:
         self.pool = pool
         self.instance = instance
-        self.channel = channel = instance.channel
-        # The WASM channel's typed `execute` skips one coroutine layer of `request_response`.
-        execute = getattr(channel, "execute", None) if stats.transport == "memory" else None
-        self.call: Callable[[ExecutionRequest, float | None], Awaitable[RuntimeMessage]] = (
-            execute if callable(execute) else channel.request_response
-        )
+        self.stats = stats
+        self.channel = instance.channel
+        self.call: Callable[[ExecutionRequest, float | None], Awaitable[RuntimeMessage]]
+        self.bind_channel()
         self.index = index
         self.capacity = capacity
         self.weight = weight
         self.current_weight = 0
         self.outstanding = 0
-        self.stats = stats
         self.alive = True
         self.draining = False
         self.last_used = time.perf_counter()
         self._drained: asyncio.Event | None = None
+
+    def bind_channel(self) -> None:
+        """(Re)read the instance's channel: a restarted process instance has a new one."""
+        self.channel = channel = self.instance.channel
+        # The WASM channel's typed `execute` skips one coroutine layer of `request_response`.
+        execute = getattr(channel, "execute", None) if self.stats.transport == "memory" else None
+        self.call = execute if callable(execute) else channel.request_response
 
     def release(self) -> None:
         """Give back one unit of capacity: to the oldest waiter if any, else to the slot."""
@@ -107,6 +126,8 @@ class InstancePool:
         self.max_input = spec.limits.max_input_bytes or (1 << 62)
         self.target = spec.min_instances  # the floor scale-in never goes below
         self._retiring: set[Slot] = set()  # out of service, finishing their requests
+        self._suspended: set[Slot] = set()  # disconnected, redialling by themselves
+        self._unstopped: set[Slot] = set()  # every started slot whose instance is not stopped
         self.starting = 0
         self.started_total = 0
         self.stopped_total = 0
@@ -150,18 +171,25 @@ class InstancePool:
     # -- lifecycle ----------------------------------------------------------------------
 
     def _instance_name(self) -> tuple[int, str]:
-        used = {slot.index for slot in self.slots}
+        used = {slot.index for slot in (*self.slots, *self._suspended)}
         index = 0
         while index in used or index in self._starting_indexes:
             index += 1
         self._seq += 1
         return index, f"{self.spec.name}-{self._seq}"
 
-    async def start_one(self) -> Slot:
-        """Start one instance and put it in service (hand its capacity to waiters)."""
+    def start_one(self) -> Coroutine[Any, Any, Slot]:
+        """Start one instance and put it in service (hand its capacity to waiters).
+
+        The start is counted (and its index taken) at once, before the coroutine first runs,
+        so several callers deciding to scale out in the same loop turn never overshoot.
+        """
         index, name = self._instance_name()
         self._starting_indexes.add(index)
         self.starting += 1
+        return self._start(index, name)
+
+    async def _start(self, index: int, name: str) -> Slot:
         try:
             instance = await self._launch(self.spec, index, name)
         except asyncio.CancelledError:
@@ -183,12 +211,13 @@ class InstancePool:
             await self._stop_quietly(instance)
             raise ChannelClosed(f"function {self.spec.name!r} was undeployed while starting")
         self.last_start_error = None
-        transport = transport_of(instance.channel)
+        transport = transport_of(instance)
         stats = self.stats.get(transport)
         if stats is None:
             stats = self.stats[transport] = TransportStats(transport)
         slot = Slot(self, instance, index, self.spec.capacity, self.spec.weight(index), stats)
         self.slots.append(slot)
+        self._unstopped.add(slot)
         self.started_total += 1
         log.info("instance started", extra={
             "function": self.spec.name, "instance_id": instance.instance_id.full_id,
@@ -225,7 +254,7 @@ class InstancePool:
         """Start instances for queued requests, up to `max_instances`, one per capacity's worth."""
         if self.closed:
             return
-        total = len(self.slots) + self.starting
+        total = self.instance_count
         room = self.spec.max_instances - total
         if room <= 0:
             return
@@ -237,23 +266,65 @@ class InstancePool:
             self.spawn(self.start_one())
 
     def mark_dead(self, slot: Slot, reason: BaseException | str) -> None:
-        """Take a slot out of service at once; stop it and restore `target` in the background."""
-        if not slot.alive:
+        """Take a slot out of service at once; stop it and restore `target` in the background.
+
+        A channel that redials by itself (it has `wait_connected`, e.g. the Kubernetes
+        runtime's, which follows a restarting pod) is only suspended: it returns to service
+        when it reconnects, and is not replaced meanwhile.
+        """
+        if not slot.alive or slot in self._suspended:
             return
-        slot.alive = False
         with contextlib.suppress(ValueError):
             self.slots.remove(slot)
+        # Kubernetes channels redial a restarting pod; process instances may restart.
+        wait_connected = getattr(slot.channel, "wait_connected", None)
+        if not callable(wait_connected):
+            wait_connected = getattr(slot.instance, "wait_ready", None)
+        if callable(wait_connected) and not self.closed and not slot.draining:
+            self._suspended.add(slot)
+            log.warning("instance disconnected, waiting for it to reconnect: %s", reason,
+                        extra={"function": self.spec.name, "event": "instance_suspended",
+                               "instance_id": slot.instance.instance_id.full_id})
+            self.spawn(self._resume_when_connected(slot, wait_connected))
+            return
+        slot.alive = False
         log.warning("instance died: %s", reason, extra={
             "function": self.spec.name, "instance_id": slot.instance.instance_id.full_id,
             "event": "instance_died",
         })
-        self.spawn(self._stop_quietly(slot.instance))
+        self.spawn(self._stop_slot(slot))
         self.replenish()
+
+    async def _resume_when_connected(
+        self, slot: Slot, wait_connected: Callable[[], Awaitable[object]]
+    ) -> None:
+        try:
+            await wait_connected()
+        except CommunicationError:
+            self._suspended.discard(slot)
+            await self._stop_slot(slot)
+            self.replenish()
+            return
+        self._suspended.discard(slot)
+        if self.closed or not slot.alive:
+            return
+        slot.bind_channel()
+        self.slots.append(slot)
+        log.info("instance reconnected", extra={
+            "function": self.spec.name, "event": "instance_resumed",
+            "instance_id": slot.instance.instance_id.full_id})
+        while slot.outstanding < slot.capacity and self.queue.hand_off(slot):
+            slot.outstanding += 1
+
+    @property
+    def instance_count(self) -> int:
+        """Instances in service, starting, or waiting to reconnect."""
+        return len(self.slots) + self.starting + len(self._suspended)
 
     def replenish(self) -> None:
         if self.closed:
             return
-        missing = self.target - len(self.slots) - self.starting
+        missing = self.target - self.instance_count
         for _ in range(max(missing, 0)):
             self.spawn(self.start_one())
         self.scale_out_if_needed()
@@ -277,13 +348,12 @@ class InstancePool:
                         "instance_id": slot.instance.instance_id.full_id})
         finally:
             self._retiring.discard(slot)
-        slot.alive = False
         self.stopped_total += 1
         log.info("instance stopped", extra={
             "function": self.spec.name, "instance_id": slot.instance.instance_id.full_id,
             "event": "instance_stopped", "instances": len(self.slots),
         })
-        await self._stop_quietly(slot.instance)
+        await self._stop_slot(slot)
 
     async def scale_to(self, count: int) -> None:
         """Make `count` the floor and run exactly that many instances now."""
@@ -294,7 +364,7 @@ class InstancePool:
             )
         self.target = count
         self._low_since = None
-        have = len(self.slots) + self.starting
+        have = self.instance_count
         if count > have:
             await self.start(count - have)
         elif count < len(self.slots):
@@ -309,7 +379,7 @@ class InstancePool:
         for slot in list(self.slots):
             if not slot.channel.connected:
                 self.mark_dead(slot, "channel disconnected")
-        if len(self.slots) + self.starting < self.target:
+        if self.instance_count < self.target:
             self.replenish()
         # Demand is sampled each tick (the hot path keeps no pool-wide counters); scale-in
         # needs it low at every tick for `scale_in_after_s`, so a sustained load is seen.
@@ -337,6 +407,17 @@ class InstancePool:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Whatever a cancelled background task left behind (suspended, half-retired).
+        self._suspended.clear()
+        for slot in list(self._unstopped):
+            await self._stop_slot(slot)
+
+    async def _stop_slot(self, slot: Slot) -> None:
+        """Stop a slot's instance, once."""
+        slot.alive = False
+        if slot in self._unstopped:
+            self._unstopped.discard(slot)
+            await self._stop_quietly(slot.instance)
 
     async def _stop_quietly(self, instance: RuntimeInstance) -> None:
         try:

@@ -1,0 +1,27 @@
+"""Python handlers the factory, spearlet and serve tests run in worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from spear.messages import ExecutionRequest
+
+
+async def echo(request: ExecutionRequest) -> bytes:
+    return request.input_data
+
+
+async def tagged_echo(request: ExecutionRequest) -> bytes:
+    """The input prefixed with this worker's pid, so tests can tell instances apart."""
+    return f"{os.getpid()}:".encode() + request.input_data
+
+
+async def slow(request: ExecutionRequest) -> bytes:
+    """Sleeps for the number of milliseconds given as input, then answers it back."""
+    await asyncio.sleep(int(request.input_data or b"0") / 1000.0)
+    return request.input_data
+
+
+async def fail(request: ExecutionRequest) -> bytes:
+    raise RuntimeError("failed on purpose")
