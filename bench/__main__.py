@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import platform
 import sys
+import time
+from pathlib import Path
 
 from bench.table import Row, render
 
@@ -20,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="run only these sections (e.g. wasm)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--write", metavar="PATH",
+                        help="also write the markdown table into PATH between the markers "
+                             "<!-- bench:begin --> and <!-- bench:end -->")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     for name in SECTIONS:
@@ -35,7 +42,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {short} ...", file=sys.stderr, flush=True)
         rows.extend(module.run(args))
     print(render(rows, markdown=args.markdown))
+    if args.write:
+        write_table(Path(args.write), render(rows, markdown=True))
     return 0
+
+
+def write_table(path: Path, table: str) -> None:
+    """Replace the table between the markers, with when and where it was measured."""
+    stamp = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.")
+    block = f"<!-- bench:begin -->\n{stamp}\n\n{table}\n<!-- bench:end -->"
+    text = path.read_text() if path.exists() else ""
+    begin, end = text.find("<!-- bench:begin -->"), text.find("<!-- bench:end -->")
+    if begin >= 0 and end > begin:
+        text = text[:begin] + block + text[end + len("<!-- bench:end -->"):]
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
