@@ -7,11 +7,12 @@ while its previous write was in flight as one `Envelope`. Many requests in fligh
 cost far fewer gRPC messages than requests. `Execute` is the typed unary call for simple
 clients.
 
-Health: `SERVING` while the worker takes work, `NOT_SERVING` from the moment it starts draining
-(SIGTERM or a `Shutdown` message), so Kubernetes' gRPC readiness probe takes the pod out of
-the Service before it stops. The kubelet's gRPC probes cannot present a token or a client
-certificate, so health is never authenticated, and with TLS it can be served on a separate
-plaintext port (`health_address`).
+Health: the overall service (`""`) and `spear.runtime.v1.SpearRuntime` are `SERVING` while the
+worker takes work and `NOT_SERVING` from the moment it starts draining (SIGTERM or a
+`Shutdown` message), so Kubernetes' gRPC readiness probe takes the pod out of the Service
+before it stops; `liveness` stays `SERVING` until the process exits. The kubelet's gRPC
+probes cannot present a token or a client certificate, so health is never authenticated, and
+with TLS it can be served on a separate plaintext port (`health_address`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from spear.worker.dispatcher import Dispatcher
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "spear.runtime.v1.SpearRuntime"
+# Stays SERVING while the process is alive, draining or not: the liveness probe asks for it,
+# so a pod that is draining (readiness NOT_SERVING) is not also restarted as "dead".
+LIVENESS_SERVICE = "liveness"
 
 _STATUS_TO_PB = {
     ExecutionStatus.SUCCESS: pb.ExecuteResponse.SUCCESS,
@@ -263,8 +267,8 @@ class GrpcWorkerServer:
         if self._health_address is None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = _bind(server, address, self._tls)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", SERVICE_NAME, LIVENESS_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._server = server
         if self._health_address is not None:
@@ -279,7 +283,8 @@ class GrpcWorkerServer:
 
     async def begin_drain(self, timeout: float) -> None:
         """Health to NOT_SERVING, and an unsolicited `Shutdown` to every connected host."""
-        await self.health.enter_graceful_shutdown()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.service.announce(Shutdown(graceful=True, timeout_ms=int(timeout * 1000)))
 
     async def drain(self, timeout: float) -> bool:
