@@ -3,7 +3,9 @@ built from wasm_fixtures/ with the guest SDK."""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -327,3 +329,101 @@ def test_request_over_max_message_size_is_refused_even_when_it_fits_the_guest_bu
         with pytest.raises(spear.ExecutionFailed, match="exceeds the maximum") as info:
             instance.call("echo", bytes(2 * KiB))
         assert info.value.code == "too_large"
+
+
+# --------------------------------------------------------------------------- host calls
+
+
+@pytest.fixture(scope="module")
+def sender_module(wasm_fixture: Callable[[str], Path]) -> wasm.WasmModule:
+    return wasm.load(wasm_fixture("sender"))
+
+
+@pytest.mark.parametrize("n", [0, 1, 10, 1024])
+def test_emit_sends_n_tick_messages(sender_module: wasm.WasmModule, n: int) -> None:
+    with sender_module.instantiate() as instance:
+        assert instance.call("emit", b"%d" % n) == b"sent %d" % n
+        assert instance.take_sent() == [("tick", b"%d" % i) for i in range(n)]
+        assert instance.take_sent() == []
+
+
+def test_emit_with_bad_input_is_an_application_error(sender_module: wasm.WasmModule) -> None:
+    with sender_module.instantiate() as instance:
+        with pytest.raises(spear.ExecutionFailed, match="decimal count") as info:
+            instance.call("emit", b"many")
+        assert info.value.code == "400"
+
+
+def test_flood_stops_at_the_outbox_limit_with_code_minus_2(
+    sender_module: wasm.WasmModule,
+) -> None:
+    with sender_module.instantiate() as instance:
+        assert instance.call("flood", b"") == b"stopped at 1024 code -2"
+        sent = instance.take_sent()
+        assert sent == [("flood", b"%d" % i) for i in range(1024)]
+        # Taking the messages empties the outbox: the guest may send again.
+        assert instance.call("flood", b"payload") == b"stopped at 1024 code -2"
+        assert instance.take_sent() == [("flood", b"payload")] * 1024
+
+
+def test_send_failure_code_reaches_the_caller_as_a_negative_error_code(
+    sender_module: wasm.WasmModule,
+) -> None:
+    with sender_module.instantiate() as instance:
+        with pytest.raises(spear.ExecutionFailed, match="send failed at 1024 code -2") as info:
+            instance.call("emit", b"2000")
+        assert info.value.code == "-2"
+        assert len(instance.take_sent()) == 1024
+
+
+def test_pull_reads_the_messages_queued_with_push(sender_module: wasm.WasmModule) -> None:
+    with sender_module.instantiate() as instance:
+        assert instance.call("pull", b"") == b""
+        instance.push("a", b"1")
+        instance.push("b", b"")
+        instance.push("ключ", "значение".encode())
+        assert instance.call("pull", b"") == "a=1;b=;ключ=значение;".encode()
+        assert not instance.inbox
+        assert instance.call("pull", b"") == b""
+
+
+def test_pull_reads_messages_larger_than_the_guests_first_buffers(
+    sender_module: wasm.WasmModule,
+) -> None:
+    with sender_module.instantiate() as instance:
+        big_topic = "t" * 300  # first topic buffer: 64 bytes
+        big_data = bytes(range(97, 123)) * 4000  # ~100 KiB; first data buffer: 256 bytes
+        instance.push("small", b"x")
+        instance.push(big_topic, big_data)
+        instance.push("after", b"y")
+        expected = b"small=x;" + big_topic.encode() + b"=" + big_data + b";after=y;"
+        assert instance.call("pull", b"") == expected
+        assert not instance.inbox
+
+
+def test_guest_log_lines_reach_the_spear_guest_logger_at_five_levels(
+    wasm_fixture: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(1, logger="spear.guest")
+    with wasm.load(wasm_fixture("logger")).instantiate() as instance:
+        assert instance.call("log", "hello, wörld".encode()) == b"logged"
+        records = [r for r in caplog.records if r.name == "spear.guest"]
+        assert [r.getMessage() for r in records] == ["hello, wörld"] * 5
+        assert [r.levelno for r in records] == [
+            5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
+        ]
+        assert all(getattr(r, "instance", None) == instance.label for r in records)
+
+
+def test_guest_now_is_the_monotonic_clock_in_nanoseconds(
+    wasm_fixture: Callable[[str], Path],
+) -> None:
+    with wasm.load(wasm_fixture("logger")).instantiate() as instance:
+        readings = []
+        for _ in range(5):
+            before = time.monotonic_ns()
+            value = int(instance.call("now", b""))
+            after = time.monotonic_ns()
+            assert before <= value <= after
+            readings.append(value)
+        assert readings == sorted(readings)
