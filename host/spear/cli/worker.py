@@ -44,8 +44,8 @@ def register(subparsers: Any) -> None:
                         help="threads for sync handlers (default 32)")
     parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
                         metavar="BYTES")
-    parser.add_argument("--drain-timeout", type=float, default=25.0, metavar="SECONDS",
-                        help="on SIGTERM, wait this long for requests in flight (default 25)")
+    parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                        help="on SIGTERM, wait this long for requests in flight (pods: 25)")
     parser.set_defaults(func=run)
 
 
@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
                 raise InvalidConfiguration(f"{option} needs --grpc or --tcp")
         from spear.worker.__main__ import main as process_worker_main
 
-        return int(process_worker_main([args.handler] if args.handler else []))
+        argv = [args.handler] if args.handler else []
+        argv += ["--max-threads", str(args.max_threads)]
+        if args.drain_timeout is not None:
+            argv += ["--drain-timeout", str(args.drain_timeout)]
+        return int(process_worker_main(argv))
     return asyncio.run(_serve(args))
 
 
@@ -95,6 +99,6 @@ async def _serve(args: argparse.Namespace) -> int:
         tls=_tls(args),
         health_address=health_address,
         max_message_size=args.max_message_size,
-        drain_timeout=args.drain_timeout,
+        drain_timeout=25.0 if args.drain_timeout is None else args.drain_timeout,
     )
     return await serve_pod(Dispatcher(handler, max_threads=args.max_threads), config)

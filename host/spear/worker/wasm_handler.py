@@ -4,8 +4,7 @@ The module is loaded (compiled) once; each dispatcher thread gets its own instan
 instance is single-threaded state and WASM execution releases the GIL, so threads run guests
 in parallel. `ExecutionRequest.function_name` names the guest handler; the request's
 `timeout_ms` becomes the call's epoch deadline, so a guest stuck in a loop is preempted, not
-abandoned. After a trap or timeout the thread's instance is dropped and the next call gets a
-fresh one.
+abandoned; `ExecutionFailed` and `Timeout` become error and timeout responses.
 """
 
 from __future__ import annotations
@@ -13,8 +12,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from spear.errors import ExecutionFailed, InvalidConfiguration, Timeout
+from spear.errors import InvalidConfiguration
 from spear.messages import ExecutionRequest
+
+GUEST_DEADLINE_SLACK = 0.025
 
 
 class WasmHandler:
@@ -40,14 +41,13 @@ class WasmHandler:
         return instance
 
     def __call__(self, request: ExecutionRequest) -> bytes:
-        timeout = request.timeout_ms / 1000.0 if request.timeout_ms > 0 else None
-        instance = self._instance()
-        try:
-            output: bytes = instance.call(
-                request.function_name, request.input_data, timeout=timeout,
-                metadata=request.metadata or None,
-            )
-        except (ExecutionFailed, Timeout):
-            self._local.instance = None  # state unknown after a trap or interrupt
-            raise
+        # The guest's epoch deadline trails the dispatcher's by a hair, so the caller always
+        # gets a TIMEOUT response (from the dispatcher) and the guest is still preempted
+        # right after, freeing the thread.
+        timeout = request.timeout_ms / 1000.0 + GUEST_DEADLINE_SLACK if request.timeout_ms else None
+        # After a trap or timeout the instance replaces its own guest state (docs/wasm-abi.md).
+        output: bytes = self._instance().call(
+            request.function_name, request.input_data, timeout=timeout,
+            metadata=request.metadata or None,
+        )
         return output
