@@ -31,10 +31,12 @@ def child_env() -> dict[str, str]:
 class Worker:
     """`spear worker --grpc ... --tcp ... HANDLER` in a child: a pod stand-in."""
 
-    def __init__(self, handler: str, *, grpc: bool = True, tcp: bool = True) -> None:
+    def __init__(self, handler: str, *, grpc: bool | str = True, tcp: bool = True,
+                 token: str | None = None) -> None:
+        self.token = token
         args = [sys.executable, "-m", "spear.cli.main", "worker"]
         if grpc:
-            args += ["--grpc", "127.0.0.1:0"]
+            args += ["--grpc", grpc if isinstance(grpc, str) else "127.0.0.1:0"]
         if tcp:
             args += ["--tcp", "127.0.0.1:0"]
         self.args = [*args, handler]
@@ -43,8 +45,11 @@ class Worker:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 20.0) -> Worker:
+        env = child_env()
+        if self.token is not None:
+            env["SPEAR_TOKEN"] = self.token
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=child_env(), cwd=TESTS_DIR)
+                                     text=True, env=env, cwd=TESTS_DIR)
         ready = threading.Event()
         started = threading.Event()
 

@@ -29,6 +29,7 @@ from spear.channel.connectors import connector_types, get_connector
 from spear.channel.factory import ChannelLimitReached
 from spearlet_support import Worker, free_port
 
+TOKEN = "factory-test-token-5d1e"
 PROC = RuntimeInstanceId(RuntimeType.PROCESS, "worker-001")
 POD = RuntimeInstanceId(RuntimeType.KUBERNETES, "pod-0", "default")
 
@@ -131,6 +132,36 @@ async def test_process_falls_back_to_tcp_when_the_unix_socket_refuses(
     assert await roundtrip(channel, b"via tcp") == b"via tcp"
 
 
+async def test_process_prefers_the_unix_socket_at_its_per_instance_path(
+    factory: CommunicationFactory, tmp_path: Path
+) -> None:
+    """A Unix-socket worker (the stream worker protocol, served in this process) at the path
+    the template gives this instance; the TCP fallback is never tried."""
+    from spear.worker.dispatcher import Dispatcher
+    from spear.worker.stream_server import serve_stream
+
+    async def echo(request: ExecutionRequest) -> bytes:
+        return request.input_data
+
+    dispatcher = Dispatcher(echo)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_stream(reader, writer, dispatcher, max_message_size=1 << 20)
+
+    path = tmp_path / "process_worker-001.sock"
+    server = await asyncio.start_unix_server(serve, str(path))
+    try:
+        config = ChannelConfig(extra={"unix_path": str(tmp_path / "{instance}.sock"),
+                                      "tcp_address": f"127.0.0.1:{free_port()}"})
+        channel = await factory.create_channel_for_instance(PROC, config)
+        assert getattr(channel, "peer", "") == f"unix:{path}"
+        assert await roundtrip(channel, b"over unix") == b"over unix"
+    finally:
+        await factory.close_all_channels()
+        server.close()
+        dispatcher.close()
+
+
 async def test_every_failed_attempt_is_reported_with_its_cause(
     factory: CommunicationFactory, tmp_path: Path
 ) -> None:
@@ -180,24 +211,26 @@ async def test_fallback_never_reuses_the_address_of_another_transport(
     assert "tcp_port" in str(info.value.causes[1])
 
 
-async def test_a_peer_that_accepts_but_never_speaks_is_a_connect_failure(
-    factory: CommunicationFactory, worker: Worker, tmp_path: Path
+async def test_a_peer_that_accepts_but_never_authenticates_is_a_connect_failure(
+    factory: CommunicationFactory, tmp_path: Path
 ) -> None:
-    """Fallback happens on connect failure, not only on construction failure."""
+    """Fallback happens on connect failure (here: no handshake answer within the connect
+    timeout), not only when a channel object cannot be built."""
     mute = socket.socket(socket.AF_UNIX)
     path = tmp_path / "mute.sock"
     mute.bind(str(path))
     mute.listen()
     try:
-        config = ChannelConfig(connect_timeout_ms=300, extra={
-            "unix_path": str(path), "tcp_address": worker.addresses["tcp"]})
-        channel = await factory.create_channel_for_instance(PROC, config)
-        assert await roundtrip(channel, b"after mute unix") == b"after mute unix"
+        with Worker("spearlet_handlers:echo", grpc=False, token=TOKEN) as worker:
+            config = ChannelConfig(connect_timeout_ms=300, extra={
+                "unix_path": str(path), "tcp_address": worker.addresses["tcp"]})
+            channel = await factory.create_channel_for_instance(PROC, config, token=TOKEN)
+            assert await roundtrip(channel, b"after mute unix") == b"after mute unix"
         alone = ChannelConfig(channel_type="unix", connect_timeout_ms=300,
                               extra={"unix_path": str(path)})
         with pytest.raises(ChannelCreationFailed) as info:
             await factory.create_channel_for_instance(
-                RuntimeInstanceId(RuntimeType.PROCESS, "mute"), alone)
+                RuntimeInstanceId(RuntimeType.PROCESS, "mute"), alone, token=TOKEN)
         assert info.value.attempted_types == ["unix"]
         assert isinstance(info.value.causes[0], Timeout | ConnectionFailed)
     finally:

@@ -102,7 +102,12 @@ class CommunicationFactory:
         channels, `ChannelCreationFailed` when every allowed channel type failed.
         """
         async with self._lock(instance_id):
-            self._check_room(instance_id)
+            live = await self._prune(instance_id)
+            if len(live) >= self.max_channels_per_instance:
+                raise ChannelLimitReached(
+                    f"{instance_id.full_id} already has {len(live)} live channel(s); the "
+                    f"maximum per instance is {self.max_channels_per_instance}"
+                )
             channel = await self._dial(instance_id, config, options)
             self._pool.setdefault(instance_id, []).append(channel)
             return channel
@@ -180,14 +185,6 @@ class CommunicationFactory:
         else:
             self._pool.pop(instance_id, None)
         return live
-
-    def _check_room(self, instance_id: RuntimeInstanceId) -> None:
-        live = [c for c in self._pool.get(instance_id, ()) if c.connected]
-        if len(live) >= self.max_channels_per_instance:
-            raise ChannelLimitReached(
-                f"{instance_id.full_id} already has {len(live)} live channel(s); the maximum "
-                f"per instance is {self.max_channels_per_instance}"
-            )
 
     async def _dial(
         self, instance_id: RuntimeInstanceId, config: ChannelConfig | None,
