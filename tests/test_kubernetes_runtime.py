@@ -24,6 +24,7 @@ from spear import (
     HealthResponse,
     RuntimeInstanceId,
     RuntimeType,
+    Shutdown,
 )
 from spear.channel.grpc import GrpcChannel
 from spear.channel.reconnecting import ReconnectingChannel
@@ -159,6 +160,48 @@ async def test_pod_restart_fails_pending_at_once_then_reconnects() -> None:
         first.kill()
         if second is not None:
             second.kill()
+
+
+async def test_tcp_fallback_channel_reconnects_too() -> None:
+    first = PodWorker("--tcp", "127.0.0.1:0", "k8s_handlers:whoami",
+                      env={"SPEAR_TOKEN": TOKEN}).start()
+    address = first.tcp
+    second: PodWorker | None = None
+    runtime = KubernetesRuntime(channel_order=("tcp",), token=TOKEN, backoff_initial=0.02,
+                                backoff_max=0.2)
+    try:
+        instance = await runtime.start_instance(
+            "fn-tcp", config=ChannelConfig(extra={"tcp_address": address}))
+        assert await ask(instance.channel) == str(first.pid).encode()
+        first.kill()
+        second = PodWorker("--tcp", address, "k8s_handlers:whoami",
+                           env={"SPEAR_TOKEN": TOKEN}).start()
+        channel = instance.channel
+        assert isinstance(channel, ReconnectingChannel)
+        for _ in range(100):  # the break is noticed, then the pod is redialled
+            if channel.reconnects and channel.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert await ask(instance.channel) == str(second.pid).encode()
+    finally:
+        await runtime.close()
+        first.kill()
+        if second is not None:
+            second.kill()
+
+
+async def test_unsolicited_messages_reach_the_instance_channel() -> None:
+    worker = PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:whoami").start()
+    try:
+        async with KubernetesRuntime() as runtime:
+            instance = await runtime.start_instance(
+                "fn-notice", config=ChannelConfig(address=worker.grpc))
+            worker.terminate()  # the pod is being stopped: it says so before it goes
+            notice = await asyncio.wait_for(instance.channel.receive(), 5)
+            assert isinstance(notice, Shutdown)
+            assert await asyncio.to_thread(worker.wait, 10) == 0
+    finally:
+        worker.kill()
 
 
 # -- a cut link, in a network namespace --------------------------------------------------------
