@@ -74,6 +74,32 @@ class Dispatcher:
         finally:
             self._tasks.pop(request.request_id, None)
 
+    def submit(self, request: ExecutionRequest) -> asyncio.Future[ExecutionResponse]:
+        """Start one request and return its future at once, for servers that answer from a
+        done callback instead of awaiting (one task per request instead of two).
+
+        The future never fails for a handler failure; it ends cancelled when `cancel()` (or
+        `close()`) stopped the request.
+        """
+        if self._draining:
+            refused: asyncio.Future[ExecutionResponse] = (
+                asyncio.get_running_loop().create_future()
+            )
+            refused.set_result(
+                _failure(request.request_id, "worker is shutting down", "unavailable", 0.0)
+            )
+            return refused
+        request_id = request.request_id
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        self._tasks[request_id] = task
+
+        def forget(done: asyncio.Future[ExecutionResponse]) -> None:
+            if self._tasks.get(request_id) is done:
+                del self._tasks[request_id]
+
+        task.add_done_callback(forget)
+        return task
+
     def cancel(self, request_id: str) -> bool:
         task = self._tasks.get(request_id)
         if task is None:
@@ -99,23 +125,23 @@ class Dispatcher:
     async def _run(self, request: ExecutionRequest) -> ExecutionResponse:
         started = time.perf_counter()
         timeout = request.timeout_ms / 1000.0 if request.timeout_ms > 0 else None
+        deadline: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout):
-                if self._is_async:
-                    output = await self._handler(request)  # type: ignore[misc]
-                else:
-                    loop = asyncio.get_running_loop()
-                    output = await loop.run_in_executor(self._executor, self._handler, request)
-        except TimeoutError:
-            elapsed = (time.perf_counter() - started) * 1000.0
-            return ExecutionResponse(
-                request.request_id, b"", ExecutionStatus.TIMEOUT,
-                f"handler did not finish within {request.timeout_ms} ms", "timeout", elapsed,
-            )
-        except asyncio.CancelledError:
-            raise
+            if timeout is None:
+                output = await self._call(request)
+            else:
+                deadline = asyncio.timeout(timeout)
+                async with deadline:
+                    output = await self._call(request)
         except Exception as exc:  # the handler's failure is the caller's answer, not ours
             elapsed = (time.perf_counter() - started) * 1000.0
+            # Only our own deadline is a timeout; a TimeoutError the handler raised itself
+            # (a socket timeout, say) is an ordinary handler error.
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                return ExecutionResponse(
+                    request.request_id, b"", ExecutionStatus.TIMEOUT,
+                    f"handler did not finish within {request.timeout_ms} ms", "timeout", elapsed,
+                )
             return _failure(request.request_id, f"{type(exc).__name__}: {exc}", "handler_error",
                             elapsed)
         elapsed = (time.perf_counter() - started) * 1000.0
@@ -127,6 +153,12 @@ class Dispatcher:
                             "handler_error", elapsed)
         return ExecutionResponse(request.request_id, bytes(output), ExecutionStatus.SUCCESS,
                                  None, None, elapsed)
+
+    async def _call(self, request: ExecutionRequest) -> Any:
+        if self._is_async:
+            return await self._handler(request)  # type: ignore[misc]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._handler, request)
 
 
 def _failure(request_id: str, message: str, code: str, elapsed_ms: float) -> ExecutionResponse:
