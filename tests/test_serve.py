@@ -1,0 +1,330 @@
+"""`spear serve` as a real subprocess, exercised through real clients: urllib and http.client
+for HTTP, a generated gRPC stub, and the `spear invoke` command."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from spear.invocation.generated import function_service_pb2 as pb
+from spear.invocation.generated import function_service_pb2_grpc as pb_grpc
+from spearlet_support import TESTS_DIR, child_env
+
+
+class ServeProcess:
+    """`spear serve ARGS...`; `start()` waits for the banner and records the addresses."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = [sys.executable, "-m", "spear.cli.main", "serve", *args]
+        self.env = {**child_env(), **(env or {})}
+        self.output: list[str] = []
+        self.http = ""
+        self.grpc = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> ServeProcess:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=self.env)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                if line.startswith("spear serve listening http="):
+                    self.http = line.strip().split("=", 1)[1].removeprefix("http://")
+                elif line.startswith("spear serve listening grpc="):
+                    self.grpc = line.strip().split("=", 1)[1]
+                elif line.startswith("metrics:") or line.startswith("try:"):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"spear serve did not start:\n{''.join(self.output)}")
+        time.sleep(0.05)  # let the pump read the rest of the banner
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, wasm_fixture: Callable[[str], Path]
+) -> Iterator[ServeProcess]:
+    config = tmp_path_factory.mktemp("serve") / "spear.toml"
+    python = json.dumps(sys.executable)
+    config.write_text(f"""
+[server]
+http = "127.0.0.1:0"
+grpc = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[[functions]]
+name = "echo"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("echo")))}
+max_instances = 2
+
+[[functions]]
+name = "fail"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("multi")))}
+handler = "fail"
+
+[[functions]]
+name = "meta"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("metadata")))}
+handler = "get"
+
+[[functions]]
+name = "spin"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("spin")))}
+limits = {{ timeout_s = 0.2 }}
+
+[[functions]]
+name = "py-echo"
+runtime = "process"
+command = [{python}, "-m", "spear.worker", "spearlet_handlers:tagged_echo"]
+env = {{ PYTHONPATH = {json.dumps(str(TESTS_DIR))} }}
+""")
+    process = ServeProcess("--config", str(config)).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, "".join(process.output)
+
+
+def post(server: ServeProcess, name: str, body: bytes, *, query: str = "",
+         headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(f"http://{server.http}/functions/{name}/invoke{query}",
+                                     data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def get(server: ServeProcess, path: str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"http://{server.http}{path}", timeout=10) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+def test_http_invoke_takes_and_returns_raw_bytes(server: ServeProcess) -> None:
+    payload = bytes(range(256)) * 4
+    status, body, headers = post(server, "echo", payload)
+    assert status == 200 and body == payload
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["X-Spear-Request-Id"]
+    status, body, _ = post(server, "py-echo", b"from a process")
+    assert status == 200 and body.endswith(b":from a process")
+
+
+def test_http_reports_each_failure_with_its_own_status(server: ServeProcess) -> None:
+    status, body, headers = post(server, "fail", b"x")
+    assert status == 500 and b"failed on purpose" in body
+    assert headers["X-Spear-Error-Code"] == "42"
+    assert post(server, "missing", b"")[0] == 404
+    assert post(server, "spin", b"")[0] == 504  # limits.timeout_s = 0.2
+    assert post(server, "echo", b"x" * 70_000)[0] == 413  # max_body_bytes = 65536
+    assert post(server, "echo", b"x", query="?timeout=abc")[0] == 400
+    assert get(server, "/functions/echo/invoke")[0] == 405
+    assert get(server, "/nowhere")[0] == 404
+
+
+def test_http_metadata_headers_and_timeouts_reach_the_function(server: ServeProcess) -> None:
+    status, body, _ = post(server, "meta", b"tenant", headers={"X-Spear-Meta-Tenant": "acme"})
+    assert (status, body) == (200, b"acme")
+    assert post(server, "echo", b"quick", query="?timeout=5")[:2] == (200, b"quick")
+
+
+def test_http_keeps_the_connection_alive(server: ServeProcess) -> None:
+    host, port = server.http.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        for i in range(20):
+            connection.request("POST", "/functions/echo/invoke", body=f"n{i}".encode())
+            response = connection.getresponse()
+            assert response.status == 200 and response.read() == f"n{i}".encode()
+        assert connection.sock is not None  # the same socket all along
+    finally:
+        connection.close()
+
+
+def test_healthz_and_function_listing(server: ServeProcess) -> None:
+    status, body, headers = get(server, "/healthz")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    health = json.loads(body)
+    assert health["status"] == "ok" and health["functions"]["echo"] >= 1
+    listing = json.loads(get(server, "/functions")[1])["functions"]
+    assert {f["name"] for f in listing} == {"echo", "fail", "meta", "spin", "py-echo"}
+    assert next(f for f in listing if f["name"] == "py-echo")["runtime"] == "process"
+
+
+def test_metrics_show_requests_errors_latency_and_instances(server: ServeProcess) -> None:
+    for _ in range(3):
+        post(server, "echo", b"m")
+    post(server, "fail", b"m")
+    status, body, headers = get(server, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in text.splitlines() if line and not line.startswith("#")}
+    echo = 'function="echo",runtime="wasm",transport="memory"'
+    assert lines[f"spear_invocations_total{{{echo}}}"] >= 3
+    assert lines[f"spear_invocation_duration_seconds_count{{{echo}}}"] >= 3
+    assert lines[f"spear_instances{{{echo}}}"] >= 1
+    assert lines['spear_invocation_errors_total{function="fail",kind="42",runtime="wasm",'
+                 'transport="memory"}'] >= 1
+    assert 'spear_in_flight{function="py-echo",runtime="process"}' in lines
+    assert any(key.startswith('spear_invocations_total{function="py-echo"') and
+               'transport="unix"' in key for key in lines)
+
+
+# -- gRPC -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub(server: ServeProcess) -> Iterator[pb_grpc.FunctionServiceStub]:
+    with grpc.insecure_channel(server.grpc) as channel:
+        yield pb_grpc.FunctionServiceStub(channel)
+
+
+def test_grpc_invoke_and_its_status_codes(
+    server: ServeProcess, stub: pb_grpc.FunctionServiceStub
+) -> None:
+    reply = stub.Invoke(pb.InvokeRequest(function="echo", input=b"over grpc"), timeout=10)
+    assert reply.status == pb.InvokeResponse.SUCCESS and reply.output == b"over grpc"
+    reply = stub.Invoke(pb.InvokeRequest(function="meta", input=b"k", metadata={"k": "v"}))
+    assert reply.output == b"v"
+    failed = stub.Invoke(pb.InvokeRequest(function="fail", input=b"!"), timeout=10)
+    assert failed.status == pb.InvokeResponse.ERROR and failed.error_code == "42"
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Invoke(pb.InvokeRequest(function="missing"), timeout=10)
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as slow:
+        stub.Invoke(pb.InvokeRequest(function="spin", timeout_s=0.1), timeout=10)
+    assert slow.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    names = {f.name for f in stub.ListFunctions(pb.ListFunctionsRequest()).functions}
+    assert "py-echo" in names
+
+
+def test_grpc_health_reports_the_server_and_each_function(server: ServeProcess) -> None:
+    with grpc.insecure_channel(server.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "echo", "py-echo"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- the `spear invoke` client ----------------------------------------------------------------
+
+
+def spear_invoke(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "spear.cli.main", "invoke", *args],
+                          input=stdin, capture_output=True, timeout=60, env=child_env())
+
+
+def test_spear_invoke_over_grpc_and_http(server: ServeProcess) -> None:
+    done = spear_invoke("echo", "--input", "hello", "--server", server.grpc)
+    assert (done.returncode, done.stdout) == (0, b"hello")
+    done = spear_invoke("echo", "--input-file", "-", "--server", f"http://{server.http}",
+                        stdin=b"\x00binary\xff")
+    assert (done.returncode, done.stdout) == (0, b"\x00binary\xff")
+    done = spear_invoke("meta", "--input", "who", "--meta", "who=me", "--server", server.grpc)
+    assert done.stdout == b"me"
+    failed = spear_invoke("fail", "--input", "x", "--server", server.grpc)
+    assert failed.returncode == 1 and b"failed on purpose" in failed.stderr
+    missing = spear_invoke("missing", "--input", "x", "--server", server.grpc)
+    assert missing.returncode == 2 and b"NOT_FOUND" in missing.stderr
+
+
+# -- the embedded default -----------------------------------------------------------------------
+
+
+def test_serve_without_config_runs_the_built_in_demo(tmp_path: Path) -> None:
+    process = ServeProcess("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                           env={"XDG_CACHE_HOME": str(tmp_path)})
+    process.start()
+    try:
+        banner = "".join(process.output)
+        assert "curl" in banner and "spear invoke echo" in banner
+        assert post(process, "echo", b"demo")[:2] == (200, b"demo")
+        assert post(process, "upper", b"demo")[:2] == (200, b"DEMO")
+        assert any((tmp_path / "spear" / "serve-demo").glob("*.wasm"))
+    finally:
+        assert process.stop() == 0
+
+
+def test_a_bad_config_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "spear.toml"
+    config.write_text('[[functions]]\nname = "x"\nruntime = "wasm"\nartifact = "x.wasm"\n'
+                      'max_instancs = 3\n')
+    done = subprocess.run([sys.executable, "-m", "spear.cli.main", "serve", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert done.returncode == 1
+    assert "max_instancs" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_stops_the_server_and_its_workers(
+    tmp_path: Path, wasm_fixture: Callable[[str], Path]
+) -> None:
+    config = tmp_path / "spear.toml"
+    config.write_text(f"""
+[server]
+http = "127.0.0.1:0"
+grpc = false
+
+[[functions]]
+name = "py"
+runtime = "process"
+command = [{json.dumps(sys.executable)}, "-m", "spear.worker", "spearlet_handlers:tagged_echo"]
+env = {{ PYTHONPATH = {json.dumps(str(TESTS_DIR))} }}
+""")
+    process = ServeProcess("--config", str(config)).start()
+    assert not process.grpc
+    status, body, _ = post(process, "py", b"x")
+    assert status == 200
+    worker_pid = int(body.split(b":")[0])
+    assert process.stop() == 0
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the worker outlived spear serve"
+        time.sleep(0.05)
