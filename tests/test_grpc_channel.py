@@ -170,7 +170,7 @@ async def test_draining_worker_reports_not_serving_and_finishes_work() -> None:
     try:
         channel = await open_grpc_channel(POD, worker.grpc, ChannelConfig())
         in_flight = asyncio.ensure_future(
-            channel.request_response(ExecutionRequest("d1", "slow", b"800")))
+            channel.request_response(ExecutionRequest("d1", "slow", b"500")))
         await asyncio.sleep(0.2)
         worker.terminate()
         notice = await asyncio.wait_for(channel.receive(), 5)

@@ -81,11 +81,17 @@ def server_options(max_message_size: int) -> list[tuple[str, int]]:
 class _Session:
     """One host's stream: its outbox and the requests it has in flight."""
 
-    __slots__ = ("outbox", "tasks")
+    __slots__ = ("ended", "outbox", "tasks")
 
     def __init__(self) -> None:
         self.outbox = Outbox()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Resolved when the stream should end: the host half-closed, or the worker drained.
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
@@ -102,14 +108,23 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         self._max = max_message_size
         self._on_shutdown = on_shutdown
         self._sessions: set[_Session] = set()
+        self._notice: bytes | None = None  # the Shutdown every stream gets once draining
+        self._ended = False
 
     @property
     def streams(self) -> int:
         return len(self._sessions)
 
+    def end_streams(self) -> None:
+        """End every stream cleanly (status OK) once queued replies are sent: the drain is
+        over, and hosts should not wait for the server's grace period to find out."""
+        self._ended = True
+        for session in self._sessions:
+            session.end()
+
     def announce(self, message: Shutdown) -> None:
         """Tell every connected host (unsolicited) that this worker is going away."""
-        payload = encode(message)
+        payload = self._notice = encode(message)
         for session in self._sessions:
             session.outbox.put(payload)
 
@@ -128,11 +143,34 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         context: grpc.aio.ServicerContext[pb.Envelope, pb.Envelope],
     ) -> None:
         await self._authenticate(context)
-        # Initial metadata tells the host it got past authentication before it sends work.
-        await context.send_initial_metadata((("spear-protocol", "1"),))
+        # Registered before the host learns it is accepted, so a drain that starts right
+        # after still reaches this stream.
         session = _Session()
         self._sessions.add(session)
-        writer = asyncio.create_task(write_batches(session.outbox, context.write, self._max))
+        if self._notice is not None:
+            session.outbox.put(self._notice)
+        if self._ended:
+            session.end()
+        writer: asyncio.Task[None] | None = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            # Initial metadata tells the host it got past authentication before it sends work.
+            await context.send_initial_metadata((("spear-protocol", "1"),))
+            writer = asyncio.create_task(write_batches(session.outbox, context.write, self._max))
+            reader = asyncio.create_task(self._read_stream(session, context))
+            await session.ended
+            session.outbox.close()
+            await writer  # the replies already queued still go out
+        finally:
+            self._sessions.discard(session)
+            session.outbox.close()
+            for task in (reader, writer, *session.tasks.values()):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    async def _read_stream(
+        self, session: _Session, context: grpc.aio.ServicerContext[pb.Envelope, pb.Envelope],
+    ) -> None:
         try:
             while True:
                 envelope = await context.read()
@@ -143,15 +181,12 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
             # The host half-closed: finish what it asked for, then end the stream.
             if session.tasks:
                 await asyncio.wait(list(session.tasks.values()))
-            session.outbox.close()
-            await writer
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the call is over (cancelled, connection lost)
+            log.debug("stream from %s ended: %s", context.peer(), exc)
         finally:
-            self._sessions.discard(session)
-            session.outbox.close()
-            for task in session.tasks.values():
-                task.cancel()
-            if not writer.done():
-                writer.cancel()
+            session.end()
 
     def _handle(self, session: _Session, payload: bytes) -> None:
         try:
@@ -291,6 +326,7 @@ class GrpcWorkerServer:
         """Stop taking work, let requests in flight finish (up to `timeout`), then stop."""
         await self.begin_drain(timeout)
         finished = await self._dispatcher.drain(timeout)
+        self.service.end_streams()
         await self.stop(grace=1.0)
         return finished
 

@@ -99,6 +99,8 @@ async def serve_pod(
         finished = await dispatcher.drain(drain_timeout)
         if not finished:
             log.warning("drain timed out with %d requests in flight", dispatcher.in_flight)
+        if grpc_server is not None:
+            grpc_server.service.end_streams()
         return 0
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
