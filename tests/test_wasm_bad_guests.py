@@ -324,7 +324,7 @@ def test_invalid_handler_status_is_a_protocol_error(host_call_guest: wasm.WasmMo
         ({"control_block": r'"SPER\02\00\00\00\00\08\00\00\00\10\00\00"'}, "wrong magic"),
         ({"control_block": r'"SPER\01\00\00\00\00\f8\00\00\00\10\00\00"'}, "outside its memory"),
         ({"control_block": r'"SPER\01\00\00\00\f0\ff\ff\ff\00\10\00\00"'}, "outside its memory"),
-        ({"init": "(unreachable)"}, "spear_init trapped"),
+        ({"init": "(unreachable)"}, "trapped in spear_init"),
         ({"version": 0}, "ABI v0"),
     ],
 )

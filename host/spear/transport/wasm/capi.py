@@ -262,3 +262,18 @@ def trap_details(trap: Any) -> tuple[int | None, str]:
     lib.wasm_trap_delete(trap)
     message = take_byte_vec(vec).decode("utf-8", "replace").rstrip("\x00")
     return (int(code[0]) if has_code else None), message
+
+
+def one_line(message: str) -> str:
+    """A wasmtime message on one line: its "Caused by" reasons, without the backtrace."""
+    head, found, causes = message.partition("Caused by:")
+    lines = [head.strip().splitlines()[0]] if head.strip() and not found else []
+    if found:
+        lines = []
+        for line in causes.strip().splitlines():
+            line = line.strip()
+            number, sep, rest = line.partition(": ")
+            lines.append(rest if sep and number.isdigit() else line)
+        if head.strip() and not head.strip().startswith("error while executing"):
+            lines.insert(0, head.strip().splitlines()[0].rstrip(":"))
+    return "; ".join(line for line in lines if line)

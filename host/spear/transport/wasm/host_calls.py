@@ -54,8 +54,10 @@ def _recv(instance: WasmInstance, args: Any) -> None:
 
 def _log(instance: WasmInstance, args: Any) -> None:
     level = _LOG_LEVELS.get(_i32(args[0]), logging.INFO)
-    length = min(_i32(args[2]) & abi.U32_MAX, MAX_LOG_LINE)
-    text = instance.read_guest(_i32(args[1]), length, "spear.log").decode("utf-8", "replace")
+    ptr, length = _i32(args[1]), _i32(args[2])
+    instance.check_guest_range(ptr, length, "spear.log")  # the whole range, before truncating
+    text = instance.read_guest(ptr, min(length & abi.U32_MAX, MAX_LOG_LINE),
+                               "spear.log").decode("utf-8", "replace")
     guest_log.log(level, "%s", text, extra={"instance": instance.label})
 
 

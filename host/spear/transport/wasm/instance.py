@@ -25,6 +25,7 @@ from spear.transport.wasm.capi import (
     error_message,
     ffi,
     lib,
+    one_line,
     trap_details,
 )
 from spear.transport.wasm.host_calls import GuestFault
@@ -61,6 +62,32 @@ TIMEOUT = 2
 CallResult = tuple[int, Any, str | None]
 
 
+SETUP_TIMEOUT = 5.0  # seconds a guest gets for spear_init, spear_reserve, _initialize
+
+
+class GuestTrapped(ExecutionFailed):
+    """A set-up export trapped; carries the trap so callers can report it like any other."""
+
+    def __init__(self, export: str, trap_code: int | None, message: str) -> None:
+        self.export = export
+        self.kind = _trap_kind(trap_code, message)
+        self.reason = trap_reason(message) or self.kind
+        super().__init__(f"guest trapped in {export}: {self.reason}", f"trap:{self.kind}")
+
+    def result(self) -> CallResult:
+        if self.kind == "interrupt":
+            return (ERROR, f"guest did not finish {self.export} within {SETUP_TIMEOUT} s",
+                    "trap:interrupt")
+        return (ERROR, str(self), f"trap:{self.kind}")
+
+
+def _trap_kind(code: int | None, message: str) -> str:
+    if code is not None:
+        return TRAP_NAMES.get(code, "trap")
+    # Traps raised by our host calls carry no wasmtime code; their message names the call.
+    return "bad_host_call" if "spear." in message else "trap"
+
+
 def _signed(err_code: int) -> str:
     """The guest's `err_code` is an i32 (docs/wasm-abi.md); it arrives as a u32."""
     return str(err_code - (1 << 32) if err_code >= 1 << 31 else err_code)
@@ -68,14 +95,7 @@ def _signed(err_code: int) -> str:
 
 def trap_reason(message: str) -> str:
     """The "Caused by" part of a wasmtime trap message, on one line, without the backtrace."""
-    _, found, causes = message.partition("Caused by:")
-    text = causes if found else message
-    reasons = []
-    for line in text.strip().splitlines():
-        line = line.strip()
-        head, sep, rest = line.partition(": ")
-        reasons.append(rest if sep and head.isdigit() else line)
-    return "; ".join(r for r in reasons if r)
+    return one_line(message)
 
 
 class WasmInstance:
@@ -165,16 +185,35 @@ class WasmInstance:
             raise ExecutionFailed(error_message(error), "wasmtime")
 
     def _call_plain(self, export: str, args: tuple[int, ...]) -> int:
-        """Call a setup export with i32 arguments (not the hot path)."""
+        """Call a setup export (`spear_init`, `spear_reserve`...) with i32 arguments.
+
+        Not the hot path. Such calls get a fresh fuel budget and their own deadline of
+        SETUP_TIMEOUT, so a guest cannot hang the host in set-up, and a deadline left over
+        from an earlier call cannot interrupt them.
+        """
         slots = ffi.new("wasmtime_val_raw_t[]", max(1, len(args)))
         for i, value in enumerate(args):
             slots[i].i32 = value
         trap = ffi.new("wasm_trap_t **")
-        error = _call_unchecked(self._context, self._func(export), slots, len(slots), trap)
+        context = self._context
+        if self._fuel is not None:
+            self._check(lib.wasmtime_context_set_fuel(context, self._fuel))
+        ticker = self._ticker
+        _set_deadline(context, int(SETUP_TIMEOUT * ticker.ticks_per_second) + 1)
+        self._deadline_armed = True
+        if self._fast is not None:
+            self._fast.deadline_armed = 1  # the next call without a timeout disarms it
+        ticker.running_calls += 1
+        if ticker.sleeping:
+            ticker.wake()
+        try:
+            error = _call_unchecked(context, self._func(export), slots, len(slots), trap)
+        finally:
+            ticker.running_calls -= 1
         self._check(error)
         if trap[0] != _NULL:
-            _, message = trap_details(trap[0])
-            raise ExecutionFailed(f"{export} trapped: {message}", "trap")
+            code, message = trap_details(trap[0])
+            raise GuestTrapped(export, code, message)
         return int(slots[0].i32)
 
     def _negotiate(self) -> None:
@@ -215,6 +254,8 @@ class WasmInstance:
             raise ExecutionFailed(
                 f"guest request buffer [{ptr:#x}, +{cap}) lies outside its memory", "abi")
         self._req_ptr, self._req_cap = ptr, cap
+        # One comparison per call covers both "grow the buffer" and "too large".
+        self._room = min(cap, self.max_message_size)
         if self._fast is not None:
             self._fast.req_ptr, self._fast.req_cap = ptr, cap
 
@@ -254,6 +295,8 @@ class WasmInstance:
                     return (ERROR, f"module has no handler named {function!r} (handlers: "
                             f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
             func, name, n_name, _ = entry
+            if type(input) is not bytes:
+                input = bytes(input)  # bytearray/memoryview: the native call takes bytes
             n_input = len(input)
             if metadata:
                 meta = abi.encode_metadata(metadata)
@@ -262,7 +305,7 @@ class WasmInstance:
                 meta = b""
                 n_meta = 0
             total = n_name + n_meta + n_input
-            if total > self._req_cap:
+            if total > self._room:
                 failure = self._make_room(total)
                 if failure is not None:
                     return failure
@@ -366,6 +409,9 @@ class WasmInstance:
                     f"{self.max_message_size}", "too_large")
         try:
             self._reserve(total)
+        except GuestTrapped as trapped:
+            self._replace()  # the guest died half-way through growing its buffer
+            return trapped.result()
         except ExecutionFailed as exc:
             return (ERROR, str(exc), str(exc.code))
         return None
@@ -400,7 +446,7 @@ class WasmInstance:
         if code == TRAP_INTERRUPT:
             return (TIMEOUT, f"{function!r} did not finish within {timeout} s "
                     "(guest interrupted)", "timeout")
-        kind = TRAP_NAMES.get(code, "trap") if code is not None else "trap"
+        kind = _trap_kind(code, message)
         return (ERROR, f"guest trapped in {function!r}: {trap_reason(message) or kind}",
                 f"trap:{kind}")
 
@@ -417,6 +463,13 @@ class WasmInstance:
             log.error("could not replace WASM instance %s: %s", self.label, exc)
 
     # ------------------------------------------------------ host-call support
+
+    def check_guest_range(self, ptr: int, length: int, what: str) -> None:
+        ptr &= abi.U32_MAX
+        length &= abi.U32_MAX
+        size = _memory_size(self._context, self._memory)
+        if ptr + length > size:
+            raise GuestFault(f"{what}: pointer out of bounds ({ptr:#x}+{length} > {size})")
 
     def read_guest(self, ptr: int, length: int, what: str) -> bytes:
         ptr &= abi.U32_MAX
@@ -484,12 +537,20 @@ class WasmInstance:
 
     @property
     def memory_size(self) -> int:
-        """Current size of the guest's linear memory in bytes (0 once closed)."""
-        with self._lock:
+        """Size of the guest's linear memory in bytes (0 once closed).
+
+        Never waits: while a call is running it reports the size last seen, so a health
+        check on the event loop does not stall behind a long guest call.
+        """
+        if not self._lock.acquire(blocking=False):
+            return int(self._size) if self._live else 0
+        try:
             if not self._live:
                 return 0
             self._refresh_memory()
             return int(self._size)
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:

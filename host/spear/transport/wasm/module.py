@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from spear.errors import ExecutionFailed, InvalidConfiguration
 from spear.transport.wasm import abi
-from spear.transport.wasm.capi import EXTERN_FUNC, error_message, ffi, lib
+from spear.transport.wasm.capi import EXTERN_FUNC, error_message, ffi, lib, one_line
 from spear.transport.wasm.engine import Engine, EngineOptions, get_engine
 from spear.transport.wasm.host_calls import define_host_calls
 from spear.transport.wasm.module_cache import ModuleCache, default_cache_dir
@@ -58,7 +58,7 @@ def _compile(engine: Engine, wasm: bytes, wasm_hash: str, cache: ModuleCache) ->
             cache.discard(path)
     error = lib.wasmtime_module_new(engine.ptr, wasm, len(wasm), out)
     if error != ffi.NULL:
-        raise ExecutionFailed(f"invalid WebAssembly module: {error_message(error)}",
+        raise ExecutionFailed(f"invalid WebAssembly module: {one_line(error_message(error))}",
                               "invalid_module")
     module = out[0]
     if path is not None:
@@ -136,7 +136,8 @@ class WasmModule:
         pre = ffi.new("wasmtime_instance_pre_t **")
         error = lib.wasmtime_linker_instantiate_pre(_linker_for(self.engine), self._module, pre)
         if error != ffi.NULL:
-            raise ExecutionFailed(f"cannot link module: {error_message(error)}", "link_error")
+            raise ExecutionFailed(f"cannot link module: {one_line(error_message(error))}",
+                                  "link_error")
         self._instance_pre = pre[0]
         self.abi_version: int | None = None
         # One probe instance checks the ABI handshake now, so a bad module fails at load time
@@ -171,12 +172,13 @@ class WasmModule:
         trap = ffi.new("wasm_trap_t **")
         error = lib.wasmtime_instance_pre_instantiate(self._instance_pre, context, out, trap)
         if error != ffi.NULL:
-            raise ExecutionFailed(f"cannot instantiate: {error_message(error)}", "instantiate")
+            raise ExecutionFailed(f"cannot instantiate: {one_line(error_message(error))}",
+                                  "instantiate")
         if trap[0] != ffi.NULL:
             from spear.transport.wasm.capi import trap_details
 
             _, message = trap_details(trap[0])
-            raise ExecutionFailed(f"module trapped during start: {message}", "trap")
+            raise ExecutionFailed(f"module trapped during start: {one_line(message)}", "trap")
 
     def __repr__(self) -> str:
         return f"<WasmModule {self.name} handlers={self.handlers}>"
