@@ -21,6 +21,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -85,7 +86,7 @@ class _Session:
 
     def __init__(self) -> None:
         self.outbox = Outbox()
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Future[ExecutionResponse]] = {}
         # Resolved when the stream should end: the host half-closed, or the worker drained.
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -164,7 +165,9 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         finally:
             self._sessions.discard(session)
             session.outbox.close()
-            for task in (reader, writer, *session.tasks.values()):
+            pending: list[asyncio.Future[Any] | None] = [reader, writer,
+                                                          *session.tasks.values()]
+            for task in pending:
                 if task is not None and not task.done():
                     task.cancel()
 
@@ -201,8 +204,9 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
             if rid in session.tasks:
                 session.outbox.put(encode(Error(rid, "request id already in flight", "duplicate")))
                 return
-            task = asyncio.ensure_future(self._execute(session, message))
-            session.tasks[rid] = task
+            running = self._dispatcher.submit(message)
+            session.tasks[rid] = running
+            running.add_done_callback(partial(self._finished, session, rid))
         elif kind is HealthCheck:
             assert isinstance(message, HealthCheck)
             status = "draining" if self._dispatcher.draining else "serving"
@@ -211,9 +215,9 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
             session.outbox.put(encode(HealthResponse(message.request_id, status, metrics)))
         elif kind is Cancel:
             assert isinstance(message, Cancel)
-            running = session.tasks.get(message.request_id)
-            if running is not None:
-                running.cancel()
+            cancelled = session.tasks.get(message.request_id)
+            if cancelled is not None:
+                cancelled.cancel()
         elif kind is Shutdown:
             assert isinstance(message, Shutdown)
             if self._on_shutdown is not None:
@@ -221,14 +225,27 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         else:
             log.debug("ignoring unexpected %s on a gRPC stream", kind.__name__)
 
-    async def _execute(self, session: _Session, request: ExecutionRequest) -> None:
+    def _finished(
+        self, session: _Session, rid: str, done: asyncio.Future[ExecutionResponse]
+    ) -> None:
+        if session.tasks.get(rid) is done:
+            del session.tasks[rid]
+        if done.cancelled():
+            return  # the host cancelled it (or the stream is gone): nobody wants the reply
+        error = done.exception()
+        if error is not None:
+            log.error("dispatcher failed on %r", rid, exc_info=error)
+            response = ExecutionResponse(rid, b"", ExecutionStatus.ERROR,
+                                         f"{type(error).__name__}: {error}", "internal_error")
+        else:
+            response = done.result()
         try:
-            response = await self._dispatcher.execute(request)
-        finally:
-            session.tasks.pop(request.request_id, None)
-        payload = encode(response)
+            payload = encode(response)
+        except InvalidMessage as exc:
+            payload = encode(ExecutionResponse(rid, b"", ExecutionStatus.ERROR, str(exc),
+                                               "internal_error"))
         if len(payload) > self._max:
-            payload = encode(_too_large(request.request_id, len(payload), self._max, response))
+            payload = encode(_too_large(rid, len(payload), self._max, response))
         session.outbox.put(payload)
 
     # -- unary ----------------------------------------------------------------------------------
