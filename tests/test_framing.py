@@ -9,7 +9,6 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from spear.errors import InvalidMessage
 from spear.transport.frame_io import FrameBuffer, FrameWriter
 from spear.transport.framing import HEADER_SIZE, check_length, frame, read_frame
@@ -93,7 +92,7 @@ def test_frame_buffer_refuses_an_empty_frame() -> None:
 
 async def test_frame_writer_coalesces_and_keeps_order_over_a_real_socket() -> None:
     left, right = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=left)
+    _reader, writer = await asyncio.open_connection(sock=left)
     peer_reader, peer_writer = await asyncio.open_connection(sock=right)
     out = FrameWriter(writer)
     payloads = [struct.pack(">I", i) * (1 + i % 7) for i in range(500)]
