@@ -1,0 +1,633 @@
+"""`ProcessRuntime` with real child processes over real sockets.
+
+Misbehaving children are small Python scripts written to tmp_path: they connect to their
+own endpoint the way an intruder would, refuse the Unix socket, ignore signals, or send bad
+frames after authenticating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import spear
+from spear.config import ChannelConfig
+from spear.errors import (
+    ChannelClosed,
+    ChannelCreationFailed,
+    InvalidConfiguration,
+    Timeout,
+    UnsupportedChannel,
+)
+from spear.messages import ExecutionRequest, ExecutionResponse
+from spear.runtime.process import (
+    DEFAULT_CHANNEL_ORDER,
+    ProcessInstance,
+    ProcessRuntime,
+    RestartPolicy,
+    worker_command,
+)
+from spear.transport.unix import UNIX_PATH_MAX
+
+ROUTE = worker_command("spear.worker.examples:route")
+CONFIG = ChannelConfig(keepalive_interval_ms=0, connect_timeout_ms=10000,
+                       request_timeout_ms=10000)
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[ProcessRuntime]:
+    rt = ProcessRuntime(config=CONFIG, auth_timeout=2.0, shutdown_grace=2.0, term_grace=1.0)
+    yield rt
+    await rt.close()
+
+
+async def call(instance: ProcessInstance, function: str, data: bytes = b"",
+               request_id: str = "r", timeout: float | None = None) -> ExecutionResponse:
+    reply = await instance.channel.request_response(
+        ExecutionRequest(request_id, function, data), timeout=timeout)
+    assert isinstance(reply, ExecutionResponse)
+    return reply
+
+
+def script(tmp_path: Path, name: str, source: str) -> list[str]:
+    path = tmp_path / f"child_{name}.py"  # never shadow a stdlib module
+    path.write_text(source)
+    return [sys.executable, str(path)]
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0
+                       ) -> str:
+    async with asyncio.timeout(timeout):
+        while True:
+            for record in caplog.records:
+                message = record.getMessage()
+                if text in message:
+                    return message
+            await asyncio.sleep(0.02)
+
+
+async def wait_until_gone(runtime: ProcessRuntime, instance: ProcessInstance) -> None:
+    async with asyncio.timeout(5):
+        while instance in runtime.instances():
+            await asyncio.sleep(0.02)
+
+
+_DIAL = '''
+import os, socket
+kind, _, address = os.environ["SPEAR_ENDPOINT"].partition(":")
+def connect():
+    if kind == "unix":
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(address)
+    else:
+        host, _, port = address.rpartition(":")
+        s = socket.create_connection((host, int(port)))
+    s.settimeout(10)
+    return s
+'''
+
+_RUN_WORKER = '''
+sys.argv = ["spear-worker", "spear.worker.examples:route"]
+from spear.worker.__main__ import main
+sys.exit(main())
+'''
+
+INTRUDER = _DIAL + '''
+import sys, threading, time
+from spear import codec
+from spear.messages import ExecutionRequest, Handshake
+from spear.transport.frame_io import FrameBuffer
+from spear.transport.framing import frame
+
+ATTACKS = {
+    "wrong-token": frame(codec.encode(Handshake(os.environ["SPEAR_INSTANCE_ID"], "guess"))),
+    "not-a-handshake": frame(codec.encode(ExecutionRequest("r", "echo", b"let me in"))),
+    "garbage": b"GET / HTTP/1.1\\r\\nHost: spear\\r\\n\\r\\n",
+    "huge-length": b"\\xff\\xff\\xff\\xff",
+    "silent": b"",
+}
+
+def watch(name, s):
+    started = time.monotonic()
+    frames, replies = FrameBuffer(1 << 20), []
+    try:
+        while chunk := s.recv(65536):
+            for f in frames.feed(chunk):
+                message = codec.decode(f)
+                replies.append(f"{type(message).__name__}:{getattr(message, 'code', '')}")
+        end = "closed"
+    except OSError as exc:
+        end = f"still open ({exc})"
+    print(f"intruder {name}: {' '.join(replies)} {end} after "
+          f"{time.monotonic() - started:.2f} s", flush=True)
+
+for name in sys.argv[1].split(","):
+    s = connect()
+    s.sendall(ATTACKS[name])
+    threading.Thread(target=watch, args=(name, s), daemon=True).start()
+time.sleep(0.1)  # the bad connections are in before the real worker dials
+''' + _RUN_WORKER
+
+BAD_FRAME_AFTER_AUTH = '''
+import asyncio, os, sys
+from spear.channel.handshake import send_handshake
+from spear.transport.tcp import dial_tcp
+from spear.transport.unix import dial_unix
+
+async def main():
+    kind, _, address = os.environ["SPEAR_ENDPOINT"].partition(":")
+    dial = dial_unix if kind == "unix" else dial_tcp
+    reader, writer = await dial(address, timeout=5)
+    await send_handshake(reader, writer, instance_id=os.environ["SPEAR_INSTANCE_ID"],
+                         token=os.environ["SPEAR_TOKEN"], timeout=5, max_message_size=1 << 26)
+    await reader.read(65536)  # the first request
+    writer.write(bytes.fromhex(sys.argv[1]))
+    await writer.drain()
+    await reader.read()
+    print("host hung up", flush=True)
+    await asyncio.sleep(30)
+
+asyncio.run(main())
+'''
+
+STUBBORN = '''
+import asyncio, os, signal
+from spear.channel.handshake import send_handshake
+from spear.transport.unix import dial_unix
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+async def main():
+    address = os.environ["SPEAR_ENDPOINT"].partition(":")[2]
+    reader, writer = await dial_unix(address, timeout=5)
+    await send_handshake(reader, writer, instance_id=os.environ["SPEAR_INSTANCE_ID"],
+                         token=os.environ["SPEAR_TOKEN"], timeout=5, max_message_size=1 << 26)
+    await asyncio.sleep(60)  # never reads: ignores Shutdown too
+
+asyncio.run(main())
+'''
+
+INSPECTOR = '''
+import os, stat, sys
+kind, _, path = os.environ["SPEAR_ENDPOINT"].partition(":")
+info = os.stat(path)
+directory = os.stat(os.path.dirname(path))
+print(f"inspect socket={stat.S_ISSOCK(info.st_mode)} mode={oct(stat.S_IMODE(info.st_mode))} "
+      f"dir={oct(stat.S_IMODE(directory.st_mode))} name={os.path.basename(path)}", flush=True)
+with open(sys.argv[1], "w") as out:
+    out.write(os.environ["SPEAR_TOKEN"])
+''' + "import sys\n" + _RUN_WORKER
+
+UNIX_REFUSER = '''
+import os, sys, time
+if os.environ["SPEAR_ENDPOINT"].startswith("unix:"):
+    time.sleep(60)
+''' + _RUN_WORKER
+
+CRASH_AFTER_CONNECT = '''
+import asyncio, os
+from spear.channel.handshake import send_handshake
+from spear.transport.unix import dial_unix
+
+async def main():
+    address = os.environ["SPEAR_ENDPOINT"].partition(":")[2]
+    reader, writer = await dial_unix(address, timeout=5)
+    await send_handshake(reader, writer, instance_id=os.environ["SPEAR_INSTANCE_ID"],
+                         token=os.environ["SPEAR_TOKEN"], timeout=5, max_message_size=1 << 26)
+    os._exit(3)
+
+asyncio.run(main())
+'''
+
+
+# -- starting, talking, stopping ------------------------------------------------------------
+
+
+async def test_start_round_trip_and_stop_over_unix(runtime: ProcessRuntime) -> None:
+    instance = await runtime.start_instance("basic", command=ROUTE)
+    assert isinstance(instance, ProcessInstance)
+    assert instance.channel_type == "unix" and instance.endpoint.startswith("unix:")
+    assert instance.instance_id.full_id == "process:basic" and instance.pid > 0
+    assert instance.alive and runtime.instances() == [instance]
+    assert (await call(instance, "upper", b"hello")).output_data == b"HELLO"
+    failed = await call(instance, "fail", b"x")
+    assert not failed.ok and failed.error_code == "handler_error"
+    await runtime.stop_instance(instance)
+    assert instance.returncode == 0 and not instance.alive
+    assert runtime.instances() == []
+
+
+async def test_the_lazy_export_is_this_runtime() -> None:
+    assert spear.ProcessRuntime is ProcessRuntime
+    assert DEFAULT_CHANNEL_ORDER == ("unix", "tcp")
+
+
+async def test_socket_is_0600_in_a_0700_directory_and_removed_once_connected(
+    runtime: ProcessRuntime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    token_file = tmp_path / "token"
+    instance = await runtime.start_instance(
+        "perm", command=[*script(tmp_path, "inspect", INSPECTOR), str(token_file)])
+    line = await wait_for_log(caplog, "inspect socket=")
+    assert "socket=True mode=0o600 dir=0o700 name=perm.sock" in line
+    assert runtime.runtime_dir is not None
+    assert stat.S_IMODE(os.stat(runtime.runtime_dir).st_mode) == 0o700
+    assert os.listdir(runtime.runtime_dir) == []  # nobody else can dial in any more
+    assert (await call(instance, "echo", b"x")).ok
+    # The token reached the child, and never the host's logs or reprs.
+    token = token_file.read_text()
+    assert len(token) >= 40
+    assert token not in caplog.text
+    assert token not in repr(instance) and token not in repr(instance.channel)
+
+
+async def test_the_child_gets_its_endpoint_instance_id_and_token_in_its_environment(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    out = tmp_path / "env"
+    source = f'''
+import os, sys
+with open({str(out)!r}, "w") as f:
+    for name in ("SPEAR_ENDPOINT", "SPEAR_INSTANCE_ID", "SPEAR_MAX_MESSAGE_SIZE", "EXTRA"):
+        f.write(name + "=" + os.environ.get(name, "") + "\\n")
+''' + _RUN_WORKER
+    instance = await runtime.start_instance(
+        "envy", command=script(tmp_path, "env", source), env={"EXTRA": "yes"})
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert seen["SPEAR_ENDPOINT"] == instance.endpoint
+    assert seen["SPEAR_INSTANCE_ID"] == "process:envy"
+    assert seen["SPEAR_MAX_MESSAGE_SIZE"] == str(CONFIG.max_message_size)
+    assert seen["EXTRA"] == "yes"
+
+
+async def test_10000_requests_64_in_flight_each_matched_to_its_reply(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance("many", command=ROUTE)
+    channel = instance.channel
+    queue = iter(range(10_000))
+    seen: set[int] = set()
+
+    async def lane() -> None:
+        for i in queue:
+            request = ExecutionRequest(f"req-{i}", "tagged_echo", f"payload-{i}".encode())
+            reply = await channel.request_response(request)
+            assert isinstance(reply, ExecutionResponse)
+            assert reply.request_id == f"req-{i}"
+            assert reply.output_data == f"req-{i}|payload-{i}".encode()
+            seen.add(i)
+
+    await asyncio.gather(*(lane() for _ in range(64)))
+    assert seen == set(range(10_000))
+    stats = await channel.get_stats()
+    assert stats.requests_completed == 10_000
+    assert stats.messages_sent == stats.messages_received == 10_000
+    assert stats.timeout_errors == stats.connection_errors == 0
+    assert stats.mean_latency_ms > 0
+
+
+async def test_stats_count_requests_and_bytes(runtime: ProcessRuntime) -> None:
+    instance = await runtime.start_instance("stats", command=ROUTE)
+    for i in range(10):
+        await call(instance, "echo", b"x" * 100, request_id=f"s{i}")
+    stats = await instance.channel.get_stats()
+    assert stats.messages_sent == stats.messages_received == stats.requests_completed == 10
+    assert stats.bytes_sent > 10 * 100 and stats.bytes_received > 10 * 100
+    assert stats.mean_latency_ms > 0 and stats.uptime_s > 0
+
+
+async def test_sync_handlers_run_on_threads_concurrently(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance(
+        "sync", command=worker_command("spear.worker.examples:slow"))
+    started = time.monotonic()
+    replies = await asyncio.gather(*(call(instance, "slow", b"0.3", request_id=f"t{i}")
+                                     for i in range(8)))
+    assert all(r.ok for r in replies)
+    assert time.monotonic() - started < 1.5  # 8 x 0.3 s in parallel, not 2.4 s in a row
+
+
+async def test_child_output_is_logged_line_by_line_tagged_by_instance(
+    runtime: ProcessRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    instance = await runtime.start_instance("loud", command=ROUTE)
+    await call(instance, "shout", b"hello there")
+    await wait_for_log(caplog, "stderr: hello there")
+    records = [r for r in caplog.records if r.name == "spear.process.loud"]
+    out = [r for r in records if "stdout: hello there" in r.getMessage()]
+    err = [r for r in records if "stderr: hello there" in r.getMessage()]
+    assert out and out[0].levelno == logging.INFO and "process:loud" in out[0].getMessage()
+    assert err and err[0].levelno == logging.WARNING
+
+
+async def test_graceful_stop_with_requests_in_flight_loses_none(runtime: ProcessRuntime) -> None:
+    instance = await runtime.start_instance("drain", command=ROUTE)
+    calls = [asyncio.ensure_future(call(instance, "async_slow", b"0.3", request_id=f"d{i}"))
+             for i in range(30)]
+    await asyncio.sleep(0.05)
+    await runtime.stop_instance(instance)
+    replies = await asyncio.gather(*calls)
+    assert all(r.ok for r in replies)
+    assert instance.returncode == 0
+
+
+async def test_sigterm_drains_the_worker_too(runtime: ProcessRuntime) -> None:
+    instance = await runtime.start_instance("term", command=ROUTE)
+    calls = [asyncio.ensure_future(call(instance, "async_slow", b"0.3", request_id=f"t{i}"))
+             for i in range(10)]
+    await asyncio.sleep(0.05)
+    os.kill(instance.pid, signal.SIGTERM)
+    replies = await asyncio.gather(*calls)
+    assert all(r.ok for r in replies)
+    await wait_until_gone(runtime, instance)
+    assert instance.returncode == 0
+
+
+async def test_stop_escalates_to_sigterm_then_sigkill(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(config=CONFIG, shutdown_grace=0.3, term_grace=0.3)
+    try:
+        instance = await runtime.start_instance("stubborn",
+                                                command=script(tmp_path, "stubborn", STUBBORN))
+        started = time.monotonic()
+        await runtime.stop_instance(instance)
+        elapsed = time.monotonic() - started
+        assert instance.returncode == -signal.SIGKILL
+        assert 0.6 <= elapsed < 3.0
+    finally:
+        await runtime.close()
+
+
+async def test_close_stops_everything_and_removes_the_socket_directory() -> None:
+    runtime = ProcessRuntime(config=CONFIG)
+    instances = [await runtime.start_instance(f"c{i}", command=ROUTE) for i in range(2)]
+    directory = runtime.runtime_dir
+    assert directory is not None and os.path.isdir(directory)
+    await runtime.close()
+    assert runtime.instances() == [] and not os.path.exists(directory)
+    assert all(i.returncode == 0 for i in instances)
+
+
+async def test_a_running_instance_id_cannot_be_started_twice(runtime: ProcessRuntime) -> None:
+    await runtime.start_instance("twice", command=ROUTE)
+    with pytest.raises(InvalidConfiguration, match="already running"):
+        await runtime.start_instance("twice", command=ROUTE)
+
+
+async def test_long_and_odd_instance_ids_get_safe_short_socket_names(
+    runtime: ProcessRuntime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    long_id = "very/long:" + "x" * 200
+    instance = await runtime.start_instance(
+        long_id, command=[*script(tmp_path, "inspect", INSPECTOR), str(tmp_path / "t")])
+    line = await wait_for_log(caplog, "inspect socket=")
+    name = line.rsplit("name=", 1)[1]
+    assert name.startswith("s-") and name.endswith(".sock")
+    assert len(os.fsencode(os.path.join(str(runtime.runtime_dir), name))) <= UNIX_PATH_MAX
+    assert (await call(instance, "echo", b"ok")).ok
+
+
+# -- dead children --------------------------------------------------------------------------
+
+
+async def test_kill_9_fails_every_pending_request_within_a_second(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance("victim", command=ROUTE)
+    calls = [asyncio.ensure_future(call(instance, "async_slow", b"10", request_id=f"k{i}"))
+             for i in range(20)]
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    os.kill(instance.pid, signal.SIGKILL)
+    for pending in calls:
+        with pytest.raises(ChannelClosed):
+            await pending
+    assert time.monotonic() - started < 1.0
+    await wait_until_gone(runtime, instance)
+    assert instance.returncode == -signal.SIGKILL
+    with pytest.raises(ChannelClosed, match="gone"):
+        await instance.wait_ready(timeout=1)
+
+
+async def test_on_failure_policy_restarts_a_killed_worker_behind_the_same_instance(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance(
+        "phoenix", command=ROUTE,
+        restart_policy=RestartPolicy.on_failure(max_restarts=2, initial_backoff=0.05))
+    old_pid, old_channel = instance.pid, instance.channel
+    pending = asyncio.ensure_future(call(instance, "async_slow", b"10"))
+    await asyncio.sleep(0.1)
+    os.kill(old_pid, signal.SIGKILL)
+    with pytest.raises(ChannelClosed):
+        await pending
+    channel = await instance.wait_ready(timeout=10)
+    assert channel is instance.channel and channel is not old_channel
+    assert not old_channel.connected
+    assert instance.pid != old_pid and instance.restarts == 1
+    assert runtime.instances() == [instance]
+    assert (await call(instance, "echo", b"back")).output_data == b"back"
+
+
+async def test_restarts_stop_after_max_restarts(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    instance = await runtime.start_instance(
+        "crashy", command=script(tmp_path, "crash", CRASH_AFTER_CONNECT),
+        restart_policy=RestartPolicy.on_failure(max_restarts=2, initial_backoff=0.01))
+    await wait_until_gone(runtime, instance)
+    assert instance.restarts == 2 and instance.returncode == 3
+    with pytest.raises(ChannelClosed, match="used up its 2 restarts"):
+        await instance.wait_ready(timeout=1)
+
+
+async def test_a_stopped_child_is_declared_dead_after_missed_heartbeats(
+    runtime: ProcessRuntime,
+) -> None:
+    config = CONFIG.with_changes(keepalive_interval_ms=100)
+    instance = await runtime.start_instance("frozen", command=ROUTE, config=config)
+    assert (await call(instance, "echo", b"alive")).ok
+    pending = asyncio.ensure_future(call(instance, "echo", b"never answered"))
+    os.kill(instance.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ChannelClosed, match="missed 3 heartbeats"):
+            await pending
+        assert time.monotonic() - started < 1.5
+        # The runtime kills what it cannot talk to (SIGKILL works on a stopped process).
+        await wait_until_gone(runtime, instance)
+        assert instance.returncode == -signal.SIGKILL
+    finally:
+        if instance.returncode is None:
+            os.kill(instance.pid, signal.SIGKILL)
+
+
+async def test_a_timeout_raises_timeout_and_the_worker_receives_cancel(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance("slowpoke", command=ROUTE)
+    with pytest.raises(Timeout):
+        await call(instance, "async_slow", b"5", request_id="too-slow", timeout=0.2)
+    assert (await instance.channel.get_stats()).timeout_errors == 1
+    async with asyncio.timeout(3):
+        while b"too-slow" not in (await call(instance, "cancelled", request_id="q")).output_data:
+            await asyncio.sleep(0.02)
+
+
+# -- intruders and bad frames ---------------------------------------------------------------
+
+
+async def test_intruders_are_refused_without_disturbing_the_expected_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = ProcessRuntime(config=CONFIG, auth_timeout=0.5)
+    attacks = ["wrong-token", "not-a-handshake", "garbage", "huge-length", "silent"]
+    try:
+        started = time.monotonic()
+        instance = await runtime.start_instance(
+            "guarded", command=[*script(tmp_path, "intruder", INTRUDER), ",".join(attacks)])
+        # The silent connection is still waiting out its 0.5 s; the worker got in anyway.
+        assert (await call(instance, "echo", b"safe")).output_data == b"safe"
+        for attack in attacks:
+            line = await wait_for_log(caplog, f"intruder {attack}:")
+            assert "Error:auth_failed closed" in line, line
+        silent = await wait_for_log(caplog, "intruder silent:")
+        assert float(silent.rsplit("after ", 1)[1].split()[0]) >= 0.4
+        assert time.monotonic() - started < 5
+        rejected = [r.getMessage() for r in caplog.records
+                    if r.name == "spear.runtime.process" and "rejected" in r.getMessage()]
+        assert len(rejected) == len(attacks)
+        assert any("wrong token" in m for m in rejected)
+        assert any("4294967295" in m for m in rejected)
+        assert any("no handshake within" in m for m in rejected)
+        assert instance.alive
+    finally:
+        await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("frame_hex", "complaint"),
+    [("ffffffff", "4294967295 bytes exceeds"), ("00000003c1c1c1", "not a msgpack message")],
+)
+async def test_a_bad_frame_after_authentication_closes_that_channel(
+    runtime: ProcessRuntime, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    frame_hex: str, complaint: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    instance = await runtime.start_instance(
+        "liar", command=[*script(tmp_path, "liar", BAD_FRAME_AFTER_AUTH), frame_hex])
+    with pytest.raises(ChannelClosed, match="invalid message"):
+        await call(instance, "echo", b"hello")
+    warning = await wait_for_log(caplog, "invalid message")
+    assert complaint in warning
+    # A worker that speaks garbage is useless: the runtime kills it.
+    await wait_until_gone(runtime, instance)
+    assert instance.returncode == -signal.SIGKILL
+
+
+# -- channel choice and fallback ------------------------------------------------------------
+
+
+async def test_tcp_when_the_config_asks_for_it(runtime: ProcessRuntime) -> None:
+    instance = await runtime.start_instance(
+        "tcp1", command=ROUTE, config=CONFIG.with_changes(channel_type="tcp"))
+    assert instance.channel_type == "tcp" and instance.endpoint.startswith("tcp:127.0.0.1:")
+    assert (await call(instance, "upper", b"tcp")).output_data == b"TCP"
+
+
+async def test_the_channel_order_is_a_runtime_parameter() -> None:
+    runtime = ProcessRuntime(channel_order=("tcp", "unix"), config=CONFIG)
+    try:
+        instance = await runtime.start_instance("order", command=ROUTE)
+        assert instance.channel_type == "tcp"
+        second = await runtime.start_instance("order2", command=ROUTE)
+        assert instance.endpoint != second.endpoint  # ephemeral ports never collide
+    finally:
+        await runtime.close()
+    with pytest.raises(UnsupportedChannel, match="grpc"):
+        ProcessRuntime(channel_order=("grpc",))
+
+
+async def test_an_unusable_socket_directory_falls_back_to_tcp(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    runtime = ProcessRuntime(config=CONFIG, base_dir=str(tmp_path / "does-not-exist"))
+    try:
+        instance = await runtime.start_instance("fallback", command=ROUTE)
+        assert instance.channel_type == "tcp"
+        assert (await call(instance, "echo", b"via tcp")).output_data == b"via tcp"
+        assert "over unix" in await wait_for_log(caplog, "No such file or directory")
+    finally:
+        await runtime.close()
+
+
+async def test_a_socket_path_over_the_platform_limit_falls_back_to_tcp(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    deep = tmp_path
+    while len(str(deep)) < UNIX_PATH_MAX + 10:
+        deep = deep / ("d" * 40)
+    deep.mkdir(parents=True)
+    runtime = ProcessRuntime(config=CONFIG, base_dir=str(deep))
+    try:
+        instance = await runtime.start_instance("toolong", command=ROUTE)
+        assert instance.channel_type == "tcp"
+        await wait_for_log(caplog, "over the platform limit")
+        assert (await call(instance, "echo", b"ok")).ok
+    finally:
+        await runtime.close()
+
+
+async def test_a_child_that_never_dials_the_unix_socket_falls_back_to_tcp(
+    tmp_path: Path,
+) -> None:
+    runtime = ProcessRuntime(config=CONFIG.with_changes(connect_timeout_ms=1000))
+    try:
+        instance = await runtime.start_instance("picky",
+                                                command=script(tmp_path, "picky", UNIX_REFUSER))
+        assert instance.channel_type == "tcp"
+        assert (await call(instance, "echo", b"ok")).ok
+    finally:
+        await runtime.close()
+
+
+async def test_channel_creation_failed_lists_every_attempt_and_its_cause(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(config=CONFIG.with_changes(connect_timeout_ms=300),
+                             base_dir=str(tmp_path / "missing"))
+    try:
+        with pytest.raises(ChannelCreationFailed) as failure:
+            await runtime.start_instance(
+                "mute", command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    finally:
+        await runtime.close()
+    error = failure.value
+    assert error.attempted_types == ["unix", "tcp"]
+    assert isinstance(error.causes[0], FileNotFoundError)
+    assert isinstance(error.causes[1], Timeout)
+    assert "unix: FileNotFoundError" in str(error) and "tcp: Timeout" in str(error)
+
+
+async def test_a_worker_that_dies_at_startup_reports_its_stderr(runtime: ProcessRuntime) -> None:
+    with pytest.raises(ChannelCreationFailed, match="cannot import handler module") as failure:
+        await runtime.start_instance("broken", command=worker_command("no_such_module:f"))
+    assert failure.value.attempted_types == ["unix", "tcp"]
+    assert "exited with code 2" in str(failure.value)
+    assert runtime.instances() == []
+
+
+async def test_an_unsupported_channel_type_is_refused(runtime: ProcessRuntime) -> None:
+    with pytest.raises(UnsupportedChannel):
+        await runtime.start_instance("g", command=ROUTE,
+                                     config=CONFIG.with_changes(channel_type="grpc"))
