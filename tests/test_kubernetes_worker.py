@@ -127,3 +127,9 @@ async def test_wasm_module_served_over_grpc(wasm_fixture: Callable[[str], Path])
             assert missing.status is ExecutionStatus.ERROR
             again = await channel.request_response(ExecutionRequest("a", "echo", b"still ok"))
             assert isinstance(again, ExecutionResponse) and again.output_data == b"still ok"
+
+
+def test_without_an_address_it_is_the_process_runtime_worker() -> None:
+    result = run_cli("k8s_handlers:echo")
+    assert result.returncode == 2
+    assert "SPEAR_ENDPOINT" in result.stderr  # it looked for the process runtime's variables
