@@ -1,0 +1,136 @@
+"""Process runtime: the Unix channel against a raw blocking-socket ping-pong, same run.
+
+Anchor: two Python processes bouncing 64 bytes over a Unix socketpair with blocking
+`sendall`/`recv` — no framing, no codec, no event loop: the floor for any cross-process round
+trip in Python on this machine. Measured against it:
+
+- one `request_response` at a time on a Unix channel to a real worker (64 B async echo):
+  target at most 1.5x the anchor;
+- 64 requests in flight on the same channel, per request: target at least 10x the
+  throughput of sequential round trips (reported as the multiple).
+
+Informational rows: the same round trip over TCP, and through a synchronous handler (which
+the worker runs on a thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from spear.config import ChannelConfig
+from spear.messages import ExecutionRequest
+from spear.runtime.process import ProcessRuntime, worker_command
+
+from bench.table import Row, median_us
+
+SECTION = "process"
+PAYLOAD = b"x" * 64
+IN_FLIGHT = 64
+
+_ECHO_CHILD = """
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    data = sock.recv(65536)
+    if not data:
+        break
+    sock.sendall(data)
+"""
+
+
+def raw_ping_pong_us(batch: int, rounds: int) -> float:
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_CHILD, str(child.fileno())],
+                            pass_fds=[child.fileno()])
+    child.close()
+    try:
+        def once() -> None:
+            parent.sendall(PAYLOAD)
+            received = 0
+            while received < len(PAYLOAD):
+                received += len(parent.recv(65536))
+
+        return median_us(once, batch=batch, rounds=rounds)
+    finally:
+        parent.close()
+        proc.wait(timeout=10)
+
+
+async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds: int) -> float:
+    for _ in range(max(1, batch // 10)):
+        await fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(batch):
+            await fn()
+        samples.append((time.perf_counter() - start) / batch * 1e6)
+    return statistics.median(samples)
+
+
+async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds: int,
+                          pipelined: bool) -> tuple[float, float | None]:
+    config = ChannelConfig(channel_type=channel_type, keepalive_interval_ms=0)
+    runtime = ProcessRuntime(config=config)
+    try:
+        instance = await runtime.start_instance(f"bench-{channel_type}",
+                                                command=worker_command(handler))
+        channel = instance.channel
+        counter = iter(range(1 << 62))
+
+        async def one() -> None:
+            request = ExecutionRequest(f"b{next(counter)}", "echo", PAYLOAD)
+            await channel.request_response(request)
+
+        sequential = await amedian_us(one, batch=batch, rounds=rounds)
+        if not pipelined:
+            return sequential, None
+        per_lane = max(1, batch * 8 // IN_FLIGHT)
+
+        async def lane() -> None:
+            for _ in range(per_lane):
+                await one()
+
+        async def burst() -> None:
+            await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+
+        burst_us = await amedian_us(burst, batch=1, rounds=rounds)
+        return sequential, burst_us / (per_lane * IN_FLIGHT)
+    finally:
+        await runtime.close()
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    quick = bool(getattr(args, "quick", False))
+    batch, rounds = (500, 7) if quick else (2000, 15)
+    raw = raw_ping_pong_us(batch, rounds)
+    unix_seq, unix_par = asyncio.run(measure_channel(
+        "spear.worker.examples:async_echo", "unix", batch=batch, rounds=rounds, pipelined=True))
+    tcp_seq, _ = asyncio.run(measure_channel(
+        "spear.worker.examples:async_echo", "tcp", batch=batch, rounds=rounds, pipelined=False))
+    sync_seq, _ = asyncio.run(measure_channel(
+        "spear.worker.examples:echo", "unix", batch=batch // 2, rounds=rounds, pipelined=False))
+    assert unix_par is not None
+    anchor = "raw blocking ping-pong, 64 B, 2 processes"
+    seq_name = "unix channel request_response, 64 B echo"
+    ratio = unix_seq / raw
+    multiple = unix_seq / unix_par
+    return [
+        Row(SECTION, anchor, raw, note="anchor"),
+        Row(SECTION, seq_name, unix_seq, anchor=anchor, ratio=ratio, target="<= 1.5x",
+            met=ratio <= 1.5),
+        Row(SECTION, f"unix channel, {IN_FLIGHT} in flight, per request", unix_par,
+            anchor=seq_name, ratio=multiple, target=">= 10x throughput", met=multiple >= 10,
+            note="ratio = throughput multiple"),
+        Row(SECTION, "tcp channel request_response, 64 B echo", tcp_seq, anchor=anchor,
+            ratio=tcp_seq / raw),
+        Row(SECTION, "unix channel, sync handler on a thread, 64 B echo", sync_seq,
+            anchor=anchor, ratio=sync_seq / raw),
+    ]
