@@ -137,31 +137,33 @@ class GrpcChannel(CommunicationChannel):
             channel = grpc.aio.insecure_channel(self._address, options=options)
         self._channel = channel
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.connect_timeout
+        # connect_timeout_ms=0 means no limit, as everywhere in spear.
+        limit = self._config.connect_timeout
+        deadline = loop.time() + limit if limit > 0 else None
         try:
             await _wait_ready(channel, self._address, deadline)
             stub = pb_grpc.SpearRuntimeStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Channel(metadata=call_metadata(self._token))
             self._call = call
+            rejection: CommunicationError | None = None
             try:
                 async with asyncio.timeout_at(deadline):
                     accepted = await call.initial_metadata()
                     # A worker that accepts the stream says so in its initial metadata; one
                     # that rejects it ends the call instead (UNAUTHENTICATED for a bad token).
                     if not any(key == ACCEPT_KEY for key, _ in accepted or ()):
-                        code = await call.code()
-                        details = await call.details()
+                        rejection = _call_error(await call.code(), await call.details(),
+                                                self._address)
             except TimeoutError:
                 call.cancel()
                 raise ConnectionFailed(
                     f"gRPC worker at {self._address} did not accept the stream within "
                     f"{self._config.connect_timeout_ms} ms"
                 ) from None
-            if not any(key == ACCEPT_KEY for key, _ in accepted or ()):
-                error = _call_error(code, details, self._address)
-                if isinstance(error, AuthenticationFailed):
-                    raise error
-                raise ConnectionFailed(f"stream not accepted: {error}")
+            if isinstance(rejection, AuthenticationFailed):
+                raise rejection
+            if rejection is not None:
+                raise ConnectionFailed(f"stream not accepted: {rejection}")
         except BaseException:
             self._stats.connection_errors += 1
             await channel.close()
@@ -322,7 +324,7 @@ class GrpcChannel(CommunicationChannel):
         return len(self._pending)
 
 
-async def _wait_ready(channel: grpc.aio.Channel, address: str, deadline: float) -> None:
+async def _wait_ready(channel: grpc.aio.Channel, address: str, deadline: float | None) -> None:
     """Wait for the connection, failing at once when it fails (refused, TLS handshake).
 
     `channel_ready()` alone would sit through gRPC's reconnect backoff until the deadline; a
@@ -337,11 +339,10 @@ async def _wait_ready(channel: grpc.aio.Channel, address: str, deadline: float) 
             )
         if state is grpc.ChannelConnectivity.SHUTDOWN:
             raise ConnectionFailed(f"gRPC channel to {address} was shut down")
-        remaining = deadline - loop.time()
-        if remaining <= 0:
+        if deadline is not None and deadline <= loop.time():
             raise ConnectionFailed(f"gRPC worker at {address} did not answer in time")
         try:
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout_at(deadline):
                 await channel.wait_for_state_change(state)
         except TimeoutError:
             raise ConnectionFailed(f"gRPC worker at {address} did not answer in time") from None
