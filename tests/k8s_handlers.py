@@ -29,3 +29,8 @@ async def fail(request: ExecutionRequest) -> bytes:
 
 def sync_echo(request: ExecutionRequest) -> bytes:
     return request.input_data
+
+
+async def double(request: ExecutionRequest) -> bytes:
+    """Twice the input: a reply larger than its request."""
+    return request.input_data * 2

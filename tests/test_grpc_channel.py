@@ -217,3 +217,36 @@ async def test_channel_reports_its_identity(echo_worker: PodWorker) -> None:
     assert await channel.is_connected()
     await channel.close()
     assert not await channel.is_connected()
+
+
+async def test_large_messages_in_flight_are_batched_within_the_limit(
+    echo_worker: PodWorker,
+) -> None:
+    config = ChannelConfig(max_message_size=3 * 1024 * 1024)
+    async with await open_grpc_channel(POD, echo_worker.grpc, config, token=TOKEN) as channel:
+        payloads = [bytes([i]) * (1024 * 1024) for i in range(8)]
+        replies = await asyncio.gather(*(channel.request_response(
+            ExecutionRequest(f"big{i}", "echo", p)) for i, p in enumerate(payloads)))
+        assert [r.output_data for r in replies if isinstance(r, ExecutionResponse)] == payloads
+
+
+async def test_reply_over_the_hosts_limit_fails_only_its_request() -> None:
+    with PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:double") as worker:
+        # The worker allows 64 MiB; this host allows 1 MiB.
+        config = ChannelConfig(max_message_size=1024 * 1024)
+        async with await open_grpc_channel(POD, worker.grpc, config) as channel:
+            replies = await asyncio.gather(*(channel.request_response(
+                ExecutionRequest(f"r{i}", "double", b"x" * (600 * 1024 if i == 0 else 10)))
+                for i in range(4)))
+            first = replies[0]
+            assert isinstance(first, ExecutionResponse) and first.error_code == "too_large"
+            assert all(isinstance(r, ExecutionResponse) and r.ok for r in replies[1:])
+            assert channel.connected
+    with PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:echo",
+                   "--max-message-size", str(64 * 1024)) as worker:
+        async with await open_grpc_channel(POD, worker.grpc, ChannelConfig()) as channel:
+            refused = await channel.request_response(
+                ExecutionRequest("huge", "echo", b"y" * (128 * 1024)))
+            assert isinstance(refused, ExecutionResponse) and refused.error_code == "too_large"
+            fine = await channel.request_response(ExecutionRequest("ok", "echo", b"z"))
+            assert isinstance(fine, ExecutionResponse) and fine.ok

@@ -35,9 +35,15 @@ from spear.errors import (
     Timeout,
 )
 from spear.instance_id import RuntimeInstanceId
-from spear.messages import REPLY_TYPES, Cancel, RuntimeMessage
+from spear.messages import (
+    REPLY_TYPES,
+    Cancel,
+    ExecutionResponse,
+    ExecutionStatus,
+    RuntimeMessage,
+)
 from spear.stats import ChannelStats, StatsRecorder
-from spear.transport.grpc.batching import ENVELOPE_OVERHEAD, Outbox, write_batches
+from spear.transport.grpc.batching import Outbox, batch_limit, receive_limit, write_batches
 from spear.transport.grpc.generated import spear_runtime_pb2 as pb
 from spear.transport.grpc.generated import spear_runtime_pb2_grpc as pb_grpc
 from spear.transport.tls import TlsConfig
@@ -52,7 +58,7 @@ ACCEPT_KEY = "spear-protocol"
 
 
 def channel_options(config: ChannelConfig, tls: TlsConfig | None) -> list[tuple[str, Any]]:
-    limit = config.max_message_size + ENVELOPE_OVERHEAD
+    limit = receive_limit(config.max_message_size)
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
@@ -205,6 +211,14 @@ class GrpcChannel(CommunicationChannel):
         except InvalidMessage as exc:
             log.warning("dropping an invalid message from %s: %s", self._address, exc)
             return
+        limit = self._config.max_message_size
+        if len(payload) > limit:
+            # Allowed by the worker's limit, not by ours: the caller gets an error reply.
+            message = ExecutionResponse(
+                getattr(message, "request_id", ""), b"", ExecutionStatus.ERROR,
+                f"reply of {len(payload)} bytes exceeds this channel's maximum of {limit} bytes",
+                "too_large",
+            )
         if type(message) in REPLY_TYPES:
             rid: str = message.request_id  # type: ignore[union-attr]
             if self._pending.resolve(rid, message):
@@ -216,7 +230,8 @@ class GrpcChannel(CommunicationChannel):
 
     async def _write_loop(self, call: grpc.aio.StreamStreamCall[pb.Envelope, pb.Envelope]) -> None:
         try:
-            await write_batches(self._outbox, call.write, self._config.max_message_size)
+            await write_batches(self._outbox, call.write,
+                                batch_limit(self._config.max_message_size))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream is gone; the reader reports why

@@ -40,7 +40,7 @@ from spear.messages import (
     HealthResponse,
     Shutdown,
 )
-from spear.transport.grpc.batching import ENVELOPE_OVERHEAD, Outbox, write_batches
+from spear.transport.grpc.batching import Outbox, batch_limit, receive_limit, write_batches
 from spear.transport.grpc.generated import spear_runtime_pb2 as pb
 from spear.transport.grpc.generated import spear_runtime_pb2_grpc as pb_grpc
 from spear.transport.tls import TlsConfig
@@ -62,7 +62,7 @@ _STATUS_TO_PB = {
 
 
 def server_options(max_message_size: int) -> list[tuple[str, int]]:
-    limit = max_message_size + ENVELOPE_OVERHEAD
+    limit = receive_limit(max_message_size)
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
@@ -157,7 +157,8 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         try:
             # Initial metadata tells the host it got past authentication before it sends work.
             await context.send_initial_metadata((("spear-protocol", "1"),))
-            writer = asyncio.create_task(write_batches(session.outbox, context.write, self._max))
+            writer = asyncio.create_task(write_batches(session.outbox, context.write,
+                                                       batch_limit(self._max)))
             reader = asyncio.create_task(self._read_stream(session, context))
             await session.ended
             session.outbox.close()
@@ -201,6 +202,12 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         if kind is ExecutionRequest:
             assert isinstance(message, ExecutionRequest)
             rid = message.request_id
+            if len(payload) > self._max:
+                session.outbox.put(encode(ExecutionResponse(
+                    rid, b"", ExecutionStatus.ERROR,
+                    f"request of {len(payload)} bytes exceeds this worker's maximum of "
+                    f"{self._max} bytes", "too_large")))
+                return
             if rid in session.tasks:
                 session.outbox.put(encode(Error(rid, "request id already in flight", "duplicate")))
                 return

@@ -15,6 +15,20 @@ from spear.transport.grpc.generated import spear_runtime_pb2 as pb
 
 # Room for the Envelope's own framing (a tag and a length per entry) above the payload limit.
 ENVELOPE_OVERHEAD = 64 * 1024
+# A batch of several messages stays under this, so two ends configured with different
+# maximum message sizes still accept each other's batches; a single message may be larger
+# (up to the sender's maximum), and the receiver checks each message against its own.
+BATCH_BYTES = 4 * 1024 * 1024
+
+
+def batch_limit(max_message_size: int) -> int:
+    """Payload bytes one multi-message Envelope may carry."""
+    return min(max_message_size, BATCH_BYTES)
+
+
+def receive_limit(max_message_size: int) -> int:
+    """gRPC's message limit for a side whose messages may be `max_message_size` bytes."""
+    return max(max_message_size, BATCH_BYTES) + ENVELOPE_OVERHEAD
 
 
 class Outbox:
