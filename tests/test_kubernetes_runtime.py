@@ -228,9 +228,11 @@ class VethPod:
         self.netns = f"spear-t{tag}"
         self.host_if = f"spa{tag}"
         self.pod_if = f"spb{tag}"
-        octet = os.getpid() % 200 + 20
-        self.host_ip = f"10.213.{octet}.1"
-        self.pod_ip = f"10.213.{octet}.2"
+        # A /30 of its own per test process, so concurrent runs never share a subnet.
+        n = os.getpid() % 37500
+        subnet = f"10.{100 + n // 250}.{n % 250}"
+        self.host_ip = f"{subnet}.1"
+        self.pod_ip = f"{subnet}.2"
 
     def _ip(self, *args: str, netns: bool = False) -> None:
         command = ["ip", "netns", "exec", self.netns, "ip", *args] if netns else ["ip", *args]
