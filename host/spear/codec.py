@@ -170,6 +170,41 @@ _DECODERS: dict[str, tuple[int, Callable[[_Fields], RuntimeMessage]]] = {
 MESSAGE_TAGS = tuple(_DECODERS)
 
 
+def _is_text_map(value: Any) -> bool:
+    return type(value) is dict and (
+        not value or all(type(k) is str and type(v) is str for k, v in value.items())
+    )
+
+
+def _fast_exec(v: list[Any]) -> RuntimeMessage | None:
+    request_id, function_name, input_data, timeout_ms, metadata = v
+    if (type(request_id) is str and type(function_name) is str and type(input_data) is bytes
+            and type(timeout_ms) is int and _is_text_map(metadata)):
+        return ExecutionRequest(request_id, function_name, input_data, timeout_ms, metadata)
+    return None
+
+
+def _fast_result(v: list[Any]) -> RuntimeMessage | None:
+    request_id, output_data, status, error_message, error_code, elapsed, metadata = v
+    status_value = _STATUS_BY_VALUE.get(status) if type(status) is str else None
+    if (type(request_id) is str and type(output_data) is bytes and status_value is not None
+            and (error_message is None or type(error_message) is str)
+            and (error_code is None or type(error_code) is str)
+            and (type(elapsed) is float or type(elapsed) is int)
+            and _is_text_map(metadata)):
+        return ExecutionResponse(request_id, output_data, status_value, error_message,
+                                 error_code, float(elapsed), metadata)
+    return None
+
+
+# The two messages on every request's path skip `_Fields` when every field is well-typed;
+# anything else takes the checked path above, which names the offending field.
+_FAST: dict[str, Callable[[list[Any]], RuntimeMessage | None]] = {
+    "exec": _fast_exec,
+    "result": _fast_result,
+}
+
+
 def decode(data: bytes | bytearray | memoryview) -> RuntimeMessage:
     """Decode one message; anything malformed raises `InvalidMessage` saying what is wrong."""
     try:
@@ -192,4 +227,9 @@ def decode(data: bytes | bytearray | memoryview) -> RuntimeMessage:
     values = value[2:]
     if len(values) != arity:
         raise InvalidMessage(f"{tag!r} message needs {arity} fields, got {len(values)}")
+    fast = _FAST.get(tag)
+    if fast is not None:
+        message = fast(values)
+        if message is not None:
+            return message
     return build(_Fields(tag, values))
