@@ -74,12 +74,17 @@ class Dispatcher:
         finally:
             self._tasks.pop(request.request_id, None)
 
-    def submit(self, request: ExecutionRequest) -> asyncio.Future[ExecutionResponse]:
+    def submit(
+        self,
+        request: ExecutionRequest,
+        on_done: Callable[[asyncio.Future[ExecutionResponse]], object] | None = None,
+    ) -> asyncio.Future[ExecutionResponse]:
         """Start one request and return its future at once, for servers that answer from a
         done callback instead of awaiting (one task per request instead of two).
 
         The future never fails for a handler failure; it ends cancelled when `cancel()` (or
-        `close()`) stopped the request.
+        `close()`) stopped the request. `on_done(future)`, if given, is called when it is
+        done, after the dispatcher has forgotten the request (one callback, not two).
         """
         if self._draining:
             refused: asyncio.Future[ExecutionResponse] = (
@@ -88,16 +93,20 @@ class Dispatcher:
             refused.set_result(
                 _failure(request.request_id, "worker is shutting down", "unavailable", 0.0)
             )
+            if on_done is not None:
+                refused.add_done_callback(on_done)
             return refused
         request_id = request.request_id
         task = asyncio.get_running_loop().create_task(self._run(request))
         self._tasks[request_id] = task
 
-        def forget(done: asyncio.Future[ExecutionResponse]) -> None:
+        def finished(done: asyncio.Future[ExecutionResponse]) -> None:
             if self._tasks.get(request_id) is done:
                 del self._tasks[request_id]
+            if on_done is not None:
+                on_done(done)
 
-        task.add_done_callback(forget)
+        task.add_done_callback(finished)
         return task
 
     def cancel(self, request_id: str) -> bool:

@@ -185,9 +185,8 @@ class _StreamServer:
                                           f"request id {request_id!r} is already in flight",
                                           "duplicate_request"))
             return
-        future = self._dispatcher.submit(request)
-        self._requests[request_id] = future
-        future.add_done_callback(partial(self._finished, request_id))
+        self._requests[request_id] = self._dispatcher.submit(
+            request, partial(self._finished, request_id))
 
     def _finished(self, request_id: str, future: asyncio.Future[ExecutionResponse]) -> None:
         if self._requests.get(request_id) is future:
