@@ -286,6 +286,45 @@ async def test_a_cancelled_caller_sends_cancel_to_the_peer() -> None:
     await channel.close()
 
 
+async def test_each_request_expires_at_its_own_deadline_whatever_the_mix() -> None:
+    channel, peer = await channel_with_raw_peer()
+    started = time.monotonic()
+    # A long timeout first, then a short one, then more distinct timeouts than get queues.
+    timeouts = [0.6, 0.05, *(0.1 + i * 0.01 for i in range(20))]
+    calls = [asyncio.ensure_future(channel.request_response(
+        ExecutionRequest(f"d{i}", "f"), timeout=t)) for i, t in enumerate(timeouts)]
+    expired_at: dict[int, float] = {}
+    for i, call in enumerate(calls):
+        call.add_done_callback(
+            lambda _, i=i: expired_at.__setitem__(i, time.monotonic() - started))  # type: ignore[misc]
+    for call in calls:
+        with pytest.raises(Timeout):
+            await call
+    for i, t in enumerate(timeouts):
+        assert t - 0.01 <= expired_at[i] < t + 0.25, (t, expired_at[i])
+    assert (await channel.get_stats()).timeout_errors == len(timeouts)
+    cancels = [m for m in [await peer.next_message() for _ in range(2 * len(timeouts))]
+               if isinstance(m, Cancel)]
+    assert len(cancels) == len(timeouts)
+
+
+async def test_answered_requests_never_time_out_later() -> None:
+    channel, peer = await channel_with_raw_peer()
+
+    async def answer_all() -> None:
+        while True:
+            message = await peer.next_message(timeout=5)
+            if isinstance(message, ExecutionRequest):
+                peer.send(ExecutionResponse(message.request_id, b"ok"))
+
+    answering = asyncio.ensure_future(answer_all())
+    for i in range(200):
+        await channel.request_response(ExecutionRequest(f"q{i}", "f"), timeout=0.05)
+    await asyncio.sleep(0.1)
+    assert (await channel.get_stats()).timeout_errors == 0
+    answering.cancel()
+
+
 async def test_a_late_reply_after_a_timeout_is_dropped() -> None:
     channel, peer = await channel_with_raw_peer()
     with pytest.raises(Timeout):

@@ -52,7 +52,11 @@ MISSED_HEARTBEATS = 3
 # Unsolicited messages kept for `receive()`; beyond this the oldest reader is too slow.
 INBOX_LIMIT = 10_000
 
+# Distinct request timeouts that get a deadline queue; others fall back to a timer each.
+MAX_DEADLINE_QUEUES = 16
+
 CloseCallback = Callable[["StreamChannel", CommunicationError], None]
+_Deadline = tuple[float, str, "asyncio.Future[RuntimeMessage]"]
 
 _encode = codec.encode
 _decode = codec.decode
@@ -93,6 +97,8 @@ class StreamChannel(CommunicationChannel):
         self._reader_task = self._loop.create_task(
             self._read_loop(), name=f"spear-read:{instance_id.full_id}"
         )
+        self._deadlines: dict[float, collections.deque[_Deadline]] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         if config.keepalive_interval_ms > 0:
             self._heartbeat_task = self._loop.create_task(
@@ -166,10 +172,7 @@ class StreamChannel(CommunicationChannel):
             await self._drain()
         if timeout is None:
             timeout = self._request_timeout
-        handle = (
-            self._loop.call_later(timeout, self._expire, request_id, future, timeout)
-            if timeout > 0 else None
-        )
+        handle = self._arm_deadline(request_id, future, timeout) if timeout > 0 else None
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -244,6 +247,56 @@ class StreamChannel(CommunicationChannel):
     def _send_cancel(self, request_id: str) -> None:
         if self._closed is None:
             self._write(_encode(Cancel(request_id)))
+
+    def _arm_deadline(self, request_id: str, future: asyncio.Future[RuntimeMessage],
+                      timeout: float) -> asyncio.TimerHandle | None:
+        """Make `future` fail with `Timeout` after `timeout` seconds.
+
+        Requests with the same timeout expire in the order they were sent, so each distinct
+        timeout gets a FIFO queue and the channel keeps a single timer for the earliest
+        deadline: a deque append per request instead of a timer handle. Answered requests
+        are dropped from the queues lazily. Returns a handle only for the rare request whose
+        timeout has no queue (too many distinct values); the caller cancels it.
+        """
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            if len(self._deadlines) >= MAX_DEADLINE_QUEUES:
+                return self._loop.call_later(timeout, self._expire, request_id, future, timeout)
+            queue = self._deadlines[timeout] = collections.deque()
+        while queue and queue[0][2].done():
+            queue.popleft()
+        deadline = self._loop.time() + timeout
+        queue.append((deadline, request_id, future))
+        if len(queue) > 2 * len(self._pending) + 64:
+            self._deadlines[timeout] = collections.deque(e for e in queue if not e[2].done())
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadlines)
+        return None
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        if self._closed is not None:
+            return
+        now = self._loop.time()
+        earliest: float | None = None
+        for timeout, queue in list(self._deadlines.items()):
+            while queue:
+                deadline, request_id, future = queue[0]
+                if future.done():
+                    queue.popleft()
+                elif deadline <= now:
+                    queue.popleft()
+                    self._expire(request_id, future, timeout)
+                else:
+                    break
+            if not queue:
+                del self._deadlines[timeout]
+            elif earliest is None or queue[0][0] < earliest:
+                earliest = queue[0][0]
+        if earliest is not None:
+            self._timer = self._loop.call_at(earliest, self._check_deadlines)
 
     def _expire(self, request_id: str, future: asyncio.Future[RuntimeMessage],
                 timeout: float) -> None:
@@ -336,6 +389,10 @@ class StreamChannel(CommunicationChannel):
             self._stats.connection_errors += 1
         self._pending.fail_all(reason)
         self._inbox.close(reason)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
         current = asyncio.current_task()
         for task in (self._heartbeat_task, self._reader_task):
             if task is not None and task is not current:
