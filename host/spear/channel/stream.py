@@ -163,12 +163,15 @@ class StreamChannel(CommunicationChannel):
             raise InvalidMessage(
                 f"request_response takes an ExecutionRequest or HealthCheck, not {cls.__name__}"
             )
-        payload = self._checked(request)
+        payload = _encode(request)
+        if len(payload) > self._max_size:
+            self._checked(request)  # raises, naming the sizes
         request_id: str = request.request_id  # type: ignore[union-attr]
         future = self._pending.register(request_id)
         started = _perf_counter()
-        self._write(payload)
-        if self._out.needs_drain:
+        out = self._out
+        self._stats.sent(out.write(payload))
+        if out.needs_drain:
             await self._drain()
         if timeout is None:
             timeout = self._request_timeout

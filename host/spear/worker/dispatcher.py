@@ -136,7 +136,9 @@ class Dispatcher:
         timeout = request.timeout_ms / 1000.0 if request.timeout_ms > 0 else None
         deadline: asyncio.Timeout | None = None
         try:
-            if timeout is None:
+            if timeout is None and self._is_async:
+                output = await self._handler(request)  # type: ignore[misc]
+            elif timeout is None:
                 output = await self._call(request)
             else:
                 deadline = asyncio.timeout(timeout)
