@@ -19,9 +19,9 @@ lint:
     {{python}} -m ruff check host guest_sdk tests bench
     {{python}} -m mypy
 
-# regenerate gRPC code from the .proto
+# regenerate gRPC code from the .proto files (the generated code is committed)
 proto:
-    {{python}} -m grpc_tools.protoc -I host/spear/transport/grpc/proto --python_out=host/spear/transport/grpc/generated --grpc_python_out=host/spear/transport/grpc/generated --pyi_out=host/spear/transport/grpc/generated host/spear/transport/grpc/proto/spear_runtime.proto
+    {{python}} -m spear.transport.grpc.codegen
 
 # the main job: build the example guests and call one (switches to `spear serve` when it lands)
 demo: fixtures
