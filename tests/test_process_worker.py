@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from spear import codec
 from spear.channel.stream import StreamChannel
 from spear.config import ChannelConfig
 from spear.errors import InvalidConfiguration
@@ -163,6 +164,18 @@ async def test_more_than_max_in_flight_requests_still_all_complete(served: Serve
     replies = await asyncio.gather(*(request(served, "async_slow", b"0.02", f"m{i}")
                                      for i in range(40)))
     assert all(r.ok for r in replies)
+
+
+async def test_a_reply_too_large_for_the_host_fails_only_that_request(served: Served) -> None:
+    rid = "r" * 200
+    size = 1 << 20  # the worker's max_message_size in the fixture
+    overhead = len(codec.encode(ExecutionRequest(rid, "tagged_echo", b"")))
+    big = ExecutionRequest(rid, "tagged_echo", b"x" * (size - overhead - 100))
+    assert len(codec.encode(big)) < size
+    reply = await served.channel.request_response(big)
+    assert isinstance(reply, ExecutionResponse)
+    assert reply.error_code == "response_too_large" and not reply.ok
+    assert (await request(served, "echo", b"still fine", "next")).ok
 
 
 async def test_a_host_that_hangs_up_cancels_its_requests(served: Served) -> None:

@@ -341,15 +341,20 @@ class StreamChannel(CommunicationChannel):
         except (ConnectionError, OSError) as exc:
             self._shutdown(ChannelClosed(
                 f"connection to {self._instance_id.full_id} lost: {exc}"), error=True)
+        except Exception as exc:
+            # A bug here must not leave callers waiting forever on a channel nobody reads.
+            log.exception("reader of %s failed", self._instance_id.full_id)
+            self._shutdown(ChannelClosed(
+                f"reader of {self._instance_id.full_id} failed: {exc!r}"), error=True)
 
     def _dispatch(self, message: RuntimeMessage) -> None:
         cls = type(message)
         if cls is ExecutionResponse or cls is HealthResponse or cls is Ack or cls is Error:
             request_id: str = message.request_id  # type: ignore[union-attr]
-            if self._pending.resolve(request_id, message):
-                return
             if cls is HealthResponse and request_id == self._heartbeat_id:
                 self._heartbeat_id = None
+                return
+            if self._pending.resolve(request_id, message):
                 return
             if cls is Error:
                 self._inbox.put(message)
@@ -381,7 +386,7 @@ class StreamChannel(CommunicationChannel):
                         f"{self._instance_id.full_id} missed {missed} heartbeats"), error=True)
                     return
             self._heard = False
-            self._heartbeat_id = f"hb:{n}"
+            self._heartbeat_id = f"spear.heartbeat.{n}"
             self._write(_encode(HealthCheck(self._heartbeat_id)))
 
     def _shutdown(self, reason: CommunicationError, *, error: bool) -> None:
@@ -401,6 +406,7 @@ class StreamChannel(CommunicationChannel):
             if task is not None and task is not current:
                 task.cancel()
         with contextlib.suppress(Exception):
+            self._out.flush()  # frames still coalescing (an Error, a Cancel) go out first
             self._writer.close()
         self._closed_event.set()
         callbacks, self._close_callbacks = self._close_callbacks, []

@@ -118,6 +118,14 @@ class FrameWriter:
                 self._transport.write(header + payload)
         return HEADER_SIZE + len(payload)
 
+    def flush(self) -> None:
+        """Send what is coalescing now instead of at the end of the loop iteration."""
+        pending = self._pending
+        if pending:
+            self._pending = []
+            if not self._transport.is_closing():
+                self._transport.write(b"".join(pending))
+
     def _flush(self) -> None:
         self._scheduled = False
         pending = self._pending
@@ -132,5 +140,5 @@ class FrameWriter:
         return self._transport.get_write_buffer_size() > self._high_water
 
     async def drain(self) -> None:
-        self._flush()
+        self.flush()
         await self._writer.drain()

@@ -83,6 +83,7 @@ class _StreamServer:
         self._writer = writer
         self._dispatcher = dispatcher
         self._frames = FrameBuffer(max_message_size)
+        self._max_message_size = max_message_size
         self._out = FrameWriter(writer)
         self._max_in_flight = max(1, max_in_flight)
         self._drain_timeout = drain_timeout
@@ -217,6 +218,13 @@ class _StreamServer:
         except InvalidMessage as exc:
             payload = _encode(ExecutionResponse(response.request_id, b"", ExecutionStatus.ERROR,
                                                 str(exc), "internal_error"))
+        if len(payload) > self._max_message_size:
+            # The host would drop the whole connection for an oversized frame; fail only
+            # this request instead.
+            payload = _encode(ExecutionResponse(
+                response.request_id, b"", ExecutionStatus.ERROR,
+                f"response of {len(payload)} bytes exceeds the maximum message size of "
+                f"{self._max_message_size} bytes", "response_too_large"))
         self._out.write(payload)
 
     def _begin_shutdown(self, graceful: bool, timeout: float) -> None:
