@@ -180,5 +180,12 @@ class WasmModule:
             _, message = trap_details(trap[0])
             raise ExecutionFailed(f"module trapped during start: {one_line(message)}", "trap")
 
+    def __del__(self) -> None:
+        # Instances hold a reference to their module, so none can still need this.
+        pre = getattr(self, "_instance_pre", None)
+        if pre is not None:
+            self._instance_pre = None
+            lib.wasmtime_instance_pre_delete(pre)
+
     def __repr__(self) -> str:
         return f"<WasmModule {self.name} handlers={self.handlers}>"
