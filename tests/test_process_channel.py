@@ -301,7 +301,7 @@ async def test_each_request_expires_at_its_own_deadline_whatever_the_mix() -> No
         with pytest.raises(Timeout):
             await call
     for i, t in enumerate(timeouts):
-        assert t - 0.01 <= expired_at[i] < t + 0.25, (t, expired_at[i])
+        assert t - 0.01 <= expired_at[i] < t + 0.5, (t, expired_at[i])
     assert (await channel.get_stats()).timeout_errors == len(timeouts)
     cancels = [m for m in [await peer.next_message() for _ in range(2 * len(timeouts))]
                if isinstance(m, Cancel)]

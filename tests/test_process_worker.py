@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.messages import (
     ExecutionRequest,
     ExecutionResponse,
+    ExecutionStatus,
     HealthCheck,
     HealthResponse,
     Shutdown,
@@ -150,6 +152,15 @@ async def test_non_graceful_shutdown_abandons_in_flight_requests(served: Served)
     await asyncio.wait_for(served.server, 2)
     with pytest.raises(Exception, match="closed"):
         await slow
+
+
+async def test_the_worker_honours_a_requests_timeout_ms(served: Served) -> None:
+    started = time.monotonic()
+    reply = await served.channel.request_response(
+        ExecutionRequest("t", "async_slow", b"5", timeout_ms=100))
+    assert isinstance(reply, ExecutionResponse)
+    assert reply.status is ExecutionStatus.TIMEOUT and reply.error_code == "timeout"
+    assert time.monotonic() - started < 1.0
 
 
 async def test_cancel_stops_the_handler_and_answers_cancelled(served: Served) -> None:
