@@ -171,12 +171,12 @@ class StreamChannel(CommunicationChannel):
         started = _perf_counter()
         out = self._out
         self._stats.sent(out.write(payload))
-        if out.needs_drain:
-            await self._drain()
         if timeout is None:
             timeout = self._request_timeout
         handle = self._arm_deadline(request_id, future, timeout) if timeout > 0 else None
         try:
+            if out.needs_drain:
+                await self._drain()
             reply = await future
         except asyncio.CancelledError:
             # The caller gave up: forget the request and tell the worker to stop working on it.
@@ -194,10 +194,13 @@ class StreamChannel(CommunicationChannel):
         """Close the connection; requests still in flight fail with `ChannelClosed`."""
         self._shutdown(ChannelClosed(f"channel to {self._instance_id.full_id} was closed"),
                        error=False)
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._reader_task
+        # Bounded, and never swallowing the caller's own cancellation.
+        closing = asyncio.ensure_future(self._writer.wait_closed())
+        await asyncio.wait({closing, self._reader_task}, timeout=1.0)
+        if not closing.done():
+            closing.cancel()
+        elif not closing.cancelled():
+            closing.exception()  # retrieved: a reset peer is no news here
 
     async def get_stats(self) -> ChannelStats:
         return self._stats.snapshot()

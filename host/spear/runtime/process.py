@@ -435,6 +435,7 @@ class ProcessRuntime(Runtime):
             if process is not None:
                 await _kill_group(process)
                 if exited is not None:
+                    # Reap it even when we are being cancelled (the original error wins).
                     with contextlib.suppress(BaseException):
                         await asyncio.wait_for(asyncio.shield(exited), 5.0)
                 for pump in pumps:
@@ -512,8 +513,7 @@ class ProcessRuntime(Runtime):
         log.warning("channel to %s failed (%s); killing pid %d", instance.instance_id.full_id,
                     reason, connection.process.pid)
         await _kill_group(connection.process)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(connection.exited), 5.0)
+        await _wait_exit(connection, 5.0)
         return f"channel failed: {reason}"
 
     async def _terminate(self, connection: _Connection, *, graceful: bool) -> None:
