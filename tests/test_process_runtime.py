@@ -295,6 +295,16 @@ async def test_10000_requests_64_in_flight_each_matched_to_its_reply(
     assert stats.mean_latency_ms > 0
 
 
+async def test_many_large_messages_in_flight_get_through_back_pressure(
+    runtime: ProcessRuntime,
+) -> None:
+    instance = await runtime.start_instance("bulk", command=ROUTE)
+    payloads = [bytes([i]) * (1 << 20) for i in range(32)]  # 32 MiB in flight each way
+    replies = await asyncio.gather(*(call(instance, "echo", p, request_id=f"b{i}")
+                                     for i, p in enumerate(payloads)))
+    assert [r.output_data for r in replies] == payloads
+
+
 async def test_stats_count_requests_and_bytes(runtime: ProcessRuntime) -> None:
     instance = await runtime.start_instance("stats", command=ROUTE)
     for i in range(10):

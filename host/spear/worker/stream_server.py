@@ -143,6 +143,9 @@ class _StreamServer:
                 if len(self._requests) >= self._max_in_flight:
                     self._room = self._loop.create_future()
                     await self._room
+                if self._out.needs_drain:
+                    # Replies pile up faster than the host reads them: stop taking work.
+                    await self._out.drain()
         except InvalidMessage as exc:
             log.warning("closing the connection: invalid message from the host: %s", exc)
             with contextlib.suppress(Exception):
