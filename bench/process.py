@@ -9,8 +9,9 @@ trip in Python on this machine. Measured against it:
 - 64 requests in flight on the same channel, per request: target at least 10x the
   throughput of sequential round trips (reported as the multiple).
 
-Informational rows: the same round trip over TCP, and through a synchronous handler (which
-the worker runs on a thread).
+Informational rows: the floor any asyncio channel stands on (an asyncio Protocol echo on both
+ends with no framing, codec, correlation or tasks), the same round trip over TCP, and through
+a synchronous handler (which the worker runs on a thread).
 """
 
 from __future__ import annotations
@@ -63,6 +64,56 @@ def raw_ping_pong_us(batch: int, rounds: int) -> float:
         proc.wait(timeout=10)
 
 
+_ASYNCIO_ECHO_CHILD = """
+import asyncio, socket, sys
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+    def connection_lost(self, exc):
+        done.set_result(None)
+
+async def main():
+    global done
+    done = asyncio.get_running_loop().create_future()
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    await asyncio.get_running_loop().connect_accepted_socket(Echo, sock)
+    await done
+
+asyncio.run(main())
+"""
+
+
+async def asyncio_floor_us(batch: int, rounds: int) -> float:
+    """The same ping-pong with an asyncio Protocol on both ends and nothing else: no
+    framing, codec, correlation or tasks. No asyncio channel can beat this."""
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-c", _ASYNCIO_ECHO_CHILD, str(child.fileno())],
+                            pass_fds=[child.fileno()])
+    child.close()
+    loop = asyncio.get_running_loop()
+    waiter: list[asyncio.Future[None]] = []
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            waiter.pop().set_result(None)
+
+    transport, _ = await loop.connect_accepted_socket(Client, parent)
+    try:
+        async def once() -> None:
+            future = loop.create_future()
+            waiter.append(future)
+            transport.write(PAYLOAD)
+            await future
+
+        return await amedian_us(once, batch=batch, rounds=rounds)
+    finally:
+        transport.close()
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
+
+
 async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds: int) -> float:
     for _ in range(max(1, batch // 10)):
         await fn()
@@ -111,6 +162,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     quick = bool(getattr(args, "quick", False))
     batch, rounds = (500, 7) if quick else (2000, 15)
     raw = raw_ping_pong_us(batch, rounds)
+    floor = asyncio.run(asyncio_floor_us(batch, rounds))
     unix_seq, unix_par = asyncio.run(measure_channel(
         "spear.worker.examples:async_echo", "unix", batch=batch, rounds=rounds, pipelined=True))
     tcp_seq, _ = asyncio.run(measure_channel(
@@ -124,6 +176,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     multiple = unix_seq / unix_par
     return [
         Row(SECTION, anchor, raw, note="anchor"),
+        Row(SECTION, "bare asyncio Protocol ping-pong, 64 B (the asyncio floor)", floor,
+            anchor=anchor, ratio=floor / raw, note="no framing, codec or tasks"),
         Row(SECTION, seq_name, unix_seq, anchor=anchor, ratio=ratio, target="<= 1.5x",
             met=ratio <= 1.5),
         Row(SECTION, f"unix channel, {IN_FLIGHT} in flight, per request", unix_par,
