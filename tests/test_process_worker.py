@@ -18,6 +18,7 @@ from spear.config import ChannelConfig
 from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.messages import (
+    Cancel,
     ExecutionRequest,
     ExecutionResponse,
     ExecutionStatus,
@@ -166,7 +167,7 @@ async def test_the_worker_honours_a_requests_timeout_ms(served: Served) -> None:
 async def test_cancel_stops_the_handler_and_answers_cancelled(served: Served) -> None:
     call = asyncio.ensure_future(request(served, "async_slow", b"5", "victim"))
     await asyncio.sleep(0.05)
-    served.dispatcher.cancel("victim")  # what a Cancel frame does on the worker
+    await served.channel.send(Cancel("victim"))
     reply = await asyncio.wait_for(call, 2)
     assert reply.error_code == "cancelled" and "victim" in examples.CANCELLED
 

@@ -48,23 +48,29 @@ class Dispatcher:
         self._executor = None if self._is_async else ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="spear-handler"
         )
-        self._tasks: dict[str, asyncio.Task[ExecutionResponse]] = {}
+        # Every running request, for drain/close; and by (scope, request id) for cancel. One
+        # worker may serve several connections whose request ids collide: each connection
+        # passes itself as `scope`.
+        self._running: set[asyncio.Future[ExecutionResponse]] = set()
+        self._tasks: dict[tuple[object, str], asyncio.Future[ExecutionResponse]] = {}
         self._draining = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._running)
 
     @property
     def draining(self) -> bool:
         return self._draining
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionResponse:
+    async def execute(self, request: ExecutionRequest, scope: object = None) -> ExecutionResponse:
         """Run one request to a response; never raises for handler failures."""
         if self._draining:
             return _failure(request.request_id, "worker is shutting down", "unavailable", 0.0)
         task = asyncio.ensure_future(self._run(request))
-        self._tasks[request.request_id] = task
+        key = (scope, request.request_id)
+        self._tasks[key] = task
+        self._running.add(task)
         try:
             return await task
         except asyncio.CancelledError:
@@ -72,12 +78,15 @@ class Dispatcher:
                 return _failure(request.request_id, "cancelled by the caller", "cancelled", 0.0)
             raise
         finally:
-            self._tasks.pop(request.request_id, None)
+            self._running.discard(task)
+            if self._tasks.get(key) is task:
+                del self._tasks[key]
 
     def submit(
         self,
         request: ExecutionRequest,
         on_done: Callable[[asyncio.Future[ExecutionResponse]], object] | None = None,
+        scope: object = None,
     ) -> asyncio.Future[ExecutionResponse]:
         """Start one request and return its future at once, for servers that answer from a
         done callback instead of awaiting (one task per request instead of two).
@@ -96,21 +105,23 @@ class Dispatcher:
             if on_done is not None:
                 refused.add_done_callback(on_done)
             return refused
-        request_id = request.request_id
+        key = (scope, request.request_id)
         task = asyncio.get_running_loop().create_task(self._run(request))
-        self._tasks[request_id] = task
+        self._tasks[key] = task
+        self._running.add(task)
 
         def finished(done: asyncio.Future[ExecutionResponse]) -> None:
-            if self._tasks.get(request_id) is done:
-                del self._tasks[request_id]
+            self._running.discard(done)
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
             if on_done is not None:
                 on_done(done)
 
         task.add_done_callback(finished)
         return task
 
-    def cancel(self, request_id: str) -> bool:
-        task = self._tasks.get(request_id)
+    def cancel(self, request_id: str, scope: object = None) -> bool:
+        task = self._tasks.get((scope, request_id))
         if task is None:
             return False
         task.cancel()
@@ -119,14 +130,14 @@ class Dispatcher:
     async def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for those in flight; True if all finished in time."""
         self._draining = True
-        pending = list(self._tasks.values())
+        pending = list(self._running)
         if not pending:
             return True
         _, still_running = await asyncio.wait(pending, timeout=timeout)
         return not still_running
 
     def close(self) -> None:
-        for task in self._tasks.values():
+        for task in list(self._running):
             task.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -167,7 +167,7 @@ class _StreamServer:
         elif cls is Cancel:
             request_id = message.request_id  # type: ignore[union-attr]
             if request_id in self._requests:
-                self._dispatcher.cancel(request_id)
+                self._dispatcher.cancel(request_id, scope=self)
         elif cls is Shutdown:
             assert isinstance(message, Shutdown)
             if self._on_shutdown is not None:
@@ -190,7 +190,7 @@ class _StreamServer:
                                           "duplicate_request"))
             return
         self._requests[request_id] = self._dispatcher.submit(
-            request, partial(self._finished, request_id))
+            request, partial(self._finished, request_id), scope=self)
 
     def _finished(self, request_id: str, future: asyncio.Future[ExecutionResponse]) -> None:
         if self._requests.get(request_id) is future:
