@@ -27,7 +27,9 @@ from spear import (
 )
 from spear.channel.connectors import connector_types, get_connector
 from spear.channel.factory import ChannelLimitReached
-from spearlet_support import Worker, free_port
+from spearlet_support import Worker, free_port, prime_wasm_ffi
+
+prime_wasm_ffi()
 
 TOKEN = "factory-test-token-5d1e"
 PROC = RuntimeInstanceId(RuntimeType.PROCESS, "worker-001")

@@ -12,7 +12,9 @@ import pytest
 from spear import FunctionSpec, RuntimeType, Spearlet, Timeout
 from spear.invocation.errors import ExecutionNotFound, FunctionNotFound, QueueFull
 from spear.invocation.executions import ExecutionCancelled
-from spearlet_support import TESTS_DIR
+from spearlet_support import TESTS_DIR, prime_wasm_ffi
+
+prime_wasm_ffi()
 
 SLOW = FunctionSpec(
     "slow", RuntimeType.PROCESS,

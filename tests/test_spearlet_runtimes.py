@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from spear import ChannelClosed, FunctionSpec, RuntimeType, Spearlet
 from spear.invocation.function_spec import Limits
-from spearlet_support import TESTS_DIR, Worker
+from spearlet_support import TESTS_DIR, Worker, prime_wasm_ffi
+
+prime_wasm_ffi()
 
 PYTHONPATH = {"PYTHONPATH": os.pathsep.join(
     p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)}

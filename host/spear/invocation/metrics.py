@@ -41,6 +41,8 @@ LATENCY_BOUNDS: tuple[float, ...] = (
     5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+# The same bounds in milliseconds: the hot path records milliseconds (the unit replies carry).
+LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(bound * 1000.0 for bound in LATENCY_BOUNDS)
 
 
 class TransportStats:
@@ -50,12 +52,12 @@ class TransportStats:
     latency bucket, so it is their sum (one increment fewer per call).
     """
 
-    __slots__ = ("buckets", "errors", "latency_sum", "retries", "transport")
+    __slots__ = ("buckets", "errors", "latency_sum_ms", "retries", "transport")
 
     def __init__(self, transport: str) -> None:
         self.transport = transport
         self.retries = 0
-        self.latency_sum = 0.0
+        self.latency_sum_ms = 0.0
         # buckets[i] counts latencies <= LATENCY_BOUNDS[i]; the last one counts the rest (+Inf).
         self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)
         self.errors: dict[str, int] = {}
@@ -65,9 +67,9 @@ class TransportStats:
         """Requests completed: every one lands in exactly one latency bucket."""
         return sum(self.buckets)
 
-    def observe(self, seconds: float) -> None:
-        self.latency_sum += seconds
-        self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+    def observe_ms(self, milliseconds: float) -> None:
+        self.latency_sum_ms += milliseconds
+        self.buckets[bisect_left(LATENCY_BOUNDS_MS, milliseconds)] += 1
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -117,7 +119,7 @@ class InvocationCollector(Collector):
                                         strict=True):
                     cumulative += count
                     buckets.append((_le(bound), float(cumulative)))
-                latency.add_metric(key, buckets, stats.latency_sum)
+                latency.add_metric(key, buckets, stats.latency_sum_ms / 1000.0)
                 instances.add_metric(key, live.get(stats.transport, 0))
             in_flight.add_metric([name, runtime], pool.in_flight())
             queued.add_metric([name, runtime], len(pool.waiting))

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -26,7 +25,7 @@ from spear.invocation.errors import InstanceStartFailed
 from spear.invocation.function_spec import FunctionSpec
 from spear.invocation.metrics import TransportStats
 from spear.invocation.queue import WaitQueue
-from spear.messages import ExecutionRequest, RuntimeMessage
+from spear.messages import ExecutionRequest, ExecutionResponse, RuntimeMessage
 from spear.runtime.base import RuntimeInstance
 
 log = logging.getLogger("spear.invocation")
@@ -66,8 +65,20 @@ class Slot:
     """One instance and its load. `outstanding` counts reserved capacity (queued hand-offs too)."""
 
     __slots__ = (
-        "_drained", "alive", "call", "capacity", "channel", "current_weight", "draining", "index",
-        "instance", "last_used", "outstanding", "pool", "stats", "weight",
+        "_drained",
+        "alive",
+        "call",
+        "capacity",
+        "channel",
+        "current_weight",
+        "draining",
+        "execute",
+        "index",
+        "instance",
+        "outstanding",
+        "pool",
+        "stats",
+        "weight",
     )
 
     def __init__(
@@ -79,6 +90,8 @@ class Slot:
         self.stats = stats
         self.channel = instance.channel
         self.call: Callable[[ExecutionRequest, float | None], Awaitable[RuntimeMessage]]
+        self.execute: Callable[[ExecutionRequest, float | None], Awaitable[ExecutionResponse]] \
+            | None
         self.bind_channel()
         self.index = index
         self.capacity = capacity
@@ -87,14 +100,16 @@ class Slot:
         self.outstanding = 0
         self.alive = True
         self.draining = False
-        self.last_used = time.perf_counter()
         self._drained: asyncio.Event | None = None
 
     def bind_channel(self) -> None:
         """(Re)read the instance's channel: a restarted process instance has a new one."""
         self.channel = channel = self.instance.channel
-        # The WASM channel's typed `execute` skips one coroutine layer of `request_response`.
+        # The WASM channel's typed `execute` skips one coroutine layer of `request_response`,
+        # and its replies carry the call's own timing (`execution_time_ms`, measured around
+        # the in-process call), so `invoke` does not time the same call a second time.
         execute = getattr(channel, "execute", None) if self.stats.transport == "memory" else None
+        self.execute = execute if callable(execute) else None
         self.call = execute if callable(execute) else channel.request_response
 
     def release(self) -> None:
@@ -117,13 +132,14 @@ class InstancePool:
         self.slots: list[Slot] = []
         self.balancer = make_balancer(spec.balancing, self.slots)
         self.pick = self.balancer.pick
+        self.sole: Slot | None = None
         self.queue = WaitQueue(spec.name, spec.queue_limit)
         self.waiting = self.queue.waiters
         self.stats: dict[str, TransportStats] = {}
         self.handler = spec.handler_name
         self.default_timeout = spec.limits.timeout_s
         self.default_timeout_ms = int(spec.limits.timeout_s * 1000) if spec.limits.timeout_s else 0
-        self.max_input = spec.limits.max_input_bytes or (1 << 62)
+        self.max_input = spec.limits.max_input_bytes
         self.target = spec.min_instances  # the floor scale-in never goes below
         self._retiring: set[Slot] = set()  # out of service, finishing their requests
         self._suspended: set[Slot] = set()  # disconnected, redialling by themselves
@@ -139,6 +155,11 @@ class InstancePool:
         self._starting_indexes: set[int] = set()
 
     # -- capacity -----------------------------------------------------------------------
+
+    def slots_changed(self) -> None:
+        """Call after every change to `slots`. A function with one instance (the default)
+        needs no balancing decision, so `invoke` takes `sole` without asking the balancer."""
+        self.sole = self.slots[0] if len(self.slots) == 1 else None
 
     def in_flight(self) -> int:
         """Requests holding capacity now (being executed, or just handed a slot)."""
@@ -217,6 +238,7 @@ class InstancePool:
             stats = self.stats[transport] = TransportStats(transport)
         slot = Slot(self, instance, index, self.spec.capacity, self.spec.weight(index), stats)
         self.slots.append(slot)
+        self.slots_changed()
         self._unstopped.add(slot)
         self.started_total += 1
         log.info("instance started", extra={
@@ -276,6 +298,7 @@ class InstancePool:
             return
         with contextlib.suppress(ValueError):
             self.slots.remove(slot)
+        self.slots_changed()
         # Kubernetes channels redial a restarting pod; process instances may restart.
         wait_connected = getattr(slot.channel, "wait_connected", None)
         if not callable(wait_connected):
@@ -310,6 +333,7 @@ class InstancePool:
             return
         slot.bind_channel()
         self.slots.append(slot)
+        self.slots_changed()
         log.info("instance reconnected", extra={
             "function": self.spec.name, "event": "instance_resumed",
             "instance_id": slot.instance.instance_id.full_id})
@@ -336,6 +360,7 @@ class InstancePool:
         slot.draining = True
         with contextlib.suppress(ValueError):
             self.slots.remove(slot)
+        self.slots_changed()
         self._retiring.add(slot)
         try:
             if slot.outstanding > 0:
@@ -372,7 +397,8 @@ class InstancePool:
             await asyncio.gather(*(self.retire(slot) for slot in victims))
 
     def _idlest(self, count: int) -> list[Slot]:
-        return sorted(self.slots, key=lambda s: (s.outstanding, s.last_used))[:count]
+        """The `count` slots to retire first: least loaded, newest first among equals."""
+        return sorted(self.slots, key=lambda s: (s.outstanding, -s.index))[:count]
 
     def tick(self, now: float) -> None:
         """Periodic upkeep: drop dead instances, scale in when instances stay unneeded."""

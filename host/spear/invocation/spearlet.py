@@ -28,7 +28,7 @@ from spear.invocation.errors import FunctionNotFound, QueueFull
 from spear.invocation.executions import AsyncExecutions, ExecutionState
 from spear.invocation.function_spec import FunctionSpec
 from spear.invocation.launcher import Launcher
-from spear.invocation.metrics import LATENCY_BOUNDS, InvocationCollector
+from spear.invocation.metrics import LATENCY_BOUNDS_MS, InvocationCollector
 from spear.invocation.pool import InstancePool, Slot
 from spear.messages import Error, ExecutionRequest, ExecutionResponse, ExecutionStatus
 from spear.runtime.base import Runtime, RuntimeInstance
@@ -37,6 +37,7 @@ log = logging.getLogger("spear.invocation")
 
 _SUCCESS = ExecutionStatus.SUCCESS
 _perf_counter = time.perf_counter
+_FIRST_BOUND_MS = LATENCY_BOUNDS_MS[0]
 
 
 class Spearlet:
@@ -167,16 +168,19 @@ class Spearlet:
         from answering: `Timeout`, `ChannelClosed` (its instance died), `QueueFull`,
         `FunctionNotFound`, `ExecutionFailed`.
         """
-        pool = self._pools.get(name)
-        if pool is None:
-            raise FunctionNotFound(f"no function {name!r} is deployed")
-        if len(input) > pool.max_input:
+        try:
+            pool = self._pools[name]
+        except KeyError:
+            raise FunctionNotFound(f"no function {name!r} is deployed") from None
+        if pool.max_input is not None and len(input) > pool.max_input:
             raise ExecutionFailed(
                 f"input of {len(input)} bytes exceeds the limit of {pool.max_input} bytes "
                 f"for {name!r}", "input_too_large")
-        slot = pool.pick()
-        if slot is None:
-            return await self._invoke_queued(pool, input, timeout, metadata)
+        slot = pool.sole
+        if slot is None or slot.outstanding >= slot.capacity:
+            slot = pool.pick()
+            if slot is None:
+                return await self._invoke_queued(pool, input, timeout, metadata)
         slot.outstanding += 1
         if timeout is None:
             timeout = pool.default_timeout
@@ -185,12 +189,16 @@ class Spearlet:
             timeout_ms = int(timeout * 1000)
         request = ExecutionRequest(str(next(self._ids)), pool.handler, input, timeout_ms,
                                    {} if metadata is None else metadata)
-        started = _perf_counter()
+        execute = slot.execute
+        if execute is None:
+            # A socket round trip costs tens of microseconds or more: the generic path.
+            return await self._dispatch(pool, slot, request, timeout, False)
+        # In-process WASM: a call costs a few microseconds, so every step here counts.
         try:
-            response = await slot.call(request, timeout)
+            response = await execute(request, timeout)
         except Exception as exc:
             pool.release(slot)
-            return await self._recover(pool, slot, request, timeout, exc, started, False)
+            return await self._recover(pool, slot, request, timeout, exc, None, False)
         except BaseException:
             pool.release(slot)
             raise
@@ -198,12 +206,14 @@ class Spearlet:
             pool.release(slot)
         else:
             slot.outstanding -= 1
-        now = slot.last_used = _perf_counter()
-        elapsed = now - started
+        elapsed_ms = response.execution_time_ms  # measured around the call by the channel
         stats = slot.stats
-        stats.latency_sum += elapsed
-        stats.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-        if response.__class__ is not ExecutionResponse or response.status is not _SUCCESS:
+        stats.latency_sum_ms += elapsed_ms
+        if elapsed_ms <= _FIRST_BOUND_MS:  # most in-process calls: skip the search
+            stats.buckets[0] += 1
+        else:
+            stats.buckets[bisect_left(LATENCY_BOUNDS_MS, elapsed_ms)] += 1
+        if response.status is not _SUCCESS:
             return self._unusual(pool, slot, request, response)
         return response
 
@@ -247,8 +257,7 @@ class Spearlet:
             pool.release(slot)
             raise
         pool.release(slot)
-        slot.last_used = _perf_counter()
-        slot.stats.observe(slot.last_used - started)
+        slot.stats.observe_ms((_perf_counter() - started) * 1000.0)
         if response.__class__ is not ExecutionResponse or response.status is not _SUCCESS:
             return self._unusual(pool, slot, request, response)
         return response
@@ -274,11 +283,20 @@ class Spearlet:
 
     async def _recover(
         self, pool: InstancePool, slot: Slot, request: ExecutionRequest,
-        timeout: float | None, exc: Exception, started: float, retried: bool,
+        timeout: float | None, exc: Exception, started: float | None, retried: bool,
     ) -> ExecutionResponse:
-        """The channel call raised. Count it; retry an idempotent request whose instance died."""
+        """The channel call raised. Count it; retry an idempotent request whose instance died.
+
+        `started` is None for calls the hot path did not time (in-process WASM): a timed-out
+        one is counted at its timeout, any other failure at zero.
+        """
         stats = slot.stats
-        elapsed = _perf_counter() - started
+        if started is not None:
+            elapsed = _perf_counter() - started
+        elif isinstance(exc, TimeoutError) and timeout:
+            elapsed = timeout
+        else:
+            elapsed = 0.0
         extra = {"function": pool.spec.name, "request_id": request.request_id,
                  "instance_id": slot.instance.instance_id.full_id}
         if isinstance(exc, ChannelClosed):
@@ -291,7 +309,7 @@ class Spearlet:
                 try:
                     other = await pool.acquire(remaining)
                 except CommunicationError:
-                    stats.observe(elapsed)
+                    stats.observe_ms(elapsed * 1000.0)
                     stats.error("channel_closed")
                     raise exc from None
                 return await self._dispatch(pool, other, request, remaining, True)
@@ -304,7 +322,7 @@ class Spearlet:
             kind = _snake(type(exc).__name__)
         else:
             kind = "internal"
-        stats.observe(elapsed)
+        stats.observe_ms(elapsed * 1000.0)
         stats.error(kind)
         log.info("invocation failed: %s: %s", kind, exc, extra={**extra, "event": "failed"})
         if isinstance(exc, TimeoutError) and not isinstance(exc, SpearTimeout):
