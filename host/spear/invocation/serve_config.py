@@ -70,10 +70,19 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: str) -> Ser
             else:
                 raise InvalidConfiguration(
                     f"{source} [server] {key} must be HOST:PORT, or false to turn it off")
-    for key in ("namespace", "scale_interval_s", "result_ttl_s", "max_results",
-                "max_body_bytes"):
+    if "namespace" in server:
+        if not isinstance(server["namespace"], str):
+            raise InvalidConfiguration(f"{source} [server] namespace must be a string")
+        config.namespace = server["namespace"]
+    for key, kind in (("scale_interval_s", float), ("result_ttl_s", float),
+                      ("max_results", int), ("max_body_bytes", int)):
         if key in server:
-            setattr(config, key, server[key])
+            value = server[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 \
+                    or (kind is int and not isinstance(value, int)):
+                raise InvalidConfiguration(
+                    f"{source} [server] {key} must be a positive {kind.__name__}, got {value!r}")
+            setattr(config, key, value)
     functions = data.get("functions", [])
     if not isinstance(functions, list):
         raise InvalidConfiguration(f"{source}: functions must be an array of tables "

@@ -186,7 +186,7 @@ class Spearlet:
             timeout = pool.default_timeout
             timeout_ms = pool.default_timeout_ms
         else:
-            timeout_ms = int(timeout * 1000)
+            timeout_ms = int(timeout * 1000) or 1  # 0 would mean "no deadline" to the worker
         request = ExecutionRequest(str(next(self._ids)), pool.handler, input, timeout_ms,
                                    {} if metadata is None else metadata)
         execute = slot.execute
