@@ -25,3 +25,9 @@ async def slow(request: ExecutionRequest) -> bytes:
 
 async def fail(request: ExecutionRequest) -> bytes:
     raise RuntimeError("failed on purpose")
+
+
+async def tagged_slow(request: ExecutionRequest) -> bytes:
+    """Sleeps for the milliseconds given as input, then answers `pid:input`."""
+    await asyncio.sleep(int(request.input_data or b"0") / 1000.0)
+    return f"{os.getpid()}:".encode() + request.input_data
