@@ -6,7 +6,8 @@ the same order as a whole in-process WASM call. So `invoke` bumps plain attribut
 metric families only when `/metrics` is scraped. Each `Spearlet` has its own
 `CollectorRegistry`, so two spearlets (or two tests) never share series.
 
-Series (labels `function`, `runtime`, `transport`; errors add `kind`):
+Series (labels `function`, `runtime`, `transport`; errors add `kind`; a request refused
+before reaching any instance, e.g. `queue_full`, counts under `transport="none"`):
 
 - `spear_invocations_total`            requests completed (any outcome)
 - `spear_invocation_errors_total`      failures by kind (timeout, channel_closed, queue_full,

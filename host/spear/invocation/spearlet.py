@@ -230,10 +230,10 @@ class Spearlet:
         try:
             slot = await pool.acquire(timeout)
         except QueueFull:
-            pool.stats_for("queue").error("queue_full")
+            pool.stats_for("none").error("queue_full")
             raise
         except SpearTimeout:
-            pool.stats_for("queue").error("queue_timeout")
+            pool.stats_for("none").error("queue_timeout")
             raise
         remaining = None if deadline is None else max(deadline - _perf_counter(), 0.001)
         request = ExecutionRequest(
