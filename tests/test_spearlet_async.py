@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 from spear import FunctionSpec, RuntimeType, Spearlet, Timeout
-from spear.invocation.errors import ExecutionNotFound, FunctionNotFound, QueueFull
-from spear.invocation.executions import ExecutionCancelled
+from spear.invocation.errors import (
+    ExecutionCancelled,
+    ExecutionNotFound,
+    FunctionNotFound,
+    QueueFull,
+)
 from spearlet_support import TESTS_DIR, prime_wasm_ffi
 
 prime_wasm_ffi()

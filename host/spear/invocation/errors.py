@@ -22,3 +22,7 @@ class ExecutionNotFound(CommunicationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ExecutionCancelled(CommunicationError):
+    """The asynchronous execution was cancelled before it finished."""

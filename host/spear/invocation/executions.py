@@ -15,15 +15,11 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, Literal
 
-from spear.errors import CommunicationError, InvalidConfiguration, Timeout
-from spear.invocation.errors import ExecutionNotFound, QueueFull
+from spear.errors import InvalidConfiguration, Timeout
+from spear.invocation.errors import ExecutionCancelled, ExecutionNotFound, QueueFull
 from spear.messages import ExecutionResponse
 
 ExecutionState = Literal["pending", "succeeded", "failed", "cancelled"]
-
-
-class ExecutionCancelled(CommunicationError):
-    """The asynchronous execution was cancelled before it finished."""
 
 
 class _Entry:
