@@ -30,7 +30,7 @@ from spear.messages import (
     Shutdown,
 )
 from spear.stats import ChannelStats, StatsRecorder
-from spear.transport.wasm.instance import OK, TIMEOUT, CallResult, WasmInstance
+from spear.transport.wasm.instance import CallFailure, CallResult, WasmInstance
 from spear.transport.wasm.module import WasmModule
 
 DEFAULT_INLINE_THRESHOLD_US = 500
@@ -124,20 +124,21 @@ class MemoryChannel(CommunicationChannel):
         stats.bytes_sent += len(data)
         if self._instance.outbox:
             self._deliver_sent()
-        kind, payload, code = result
-        if kind == OK:
+        if type(result) is bytes:
             stats.messages_received += 1
-            stats.bytes_received += len(payload)
+            stats.bytes_received += len(result)
             stats.requests_completed += 1
             stats.latency_total += elapsed
-            return ExecutionResponse(request.request_id, payload, _SUCCESS, None, None,
+            return ExecutionResponse(request.request_id, result, _SUCCESS, None, None,
                                      elapsed * 1000.0)
-        if kind == TIMEOUT:
+        assert isinstance(result, CallFailure)
+        if result.timed_out:
             stats.timeout_errors += 1
-            raise Timeout(f"{self._id.full_id}: {payload}")
+            raise Timeout(f"{self._id.full_id}: {result.message}")
         stats.received(0)
         stats.completed(elapsed)
-        return ExecutionResponse(request.request_id, b"", _ERROR, payload, code, elapsed * 1000.0)
+        return ExecutionResponse(request.request_id, b"", _ERROR, result.message, result.code,
+                                 elapsed * 1000.0)
 
     async def _run_threaded(
         self, request: ExecutionRequest, timeout: float | None

@@ -8,6 +8,7 @@ import with a clear message instead of corrupting memory later.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
 from pathlib import Path
@@ -236,6 +237,19 @@ def _check_layout() -> None:
 _check_version()
 _check_layout()
 lib: Any = ffi.dlopen(str(_library_path()))
+
+
+def resolve_all(library: Any) -> None:
+    """Look every declared function up now. cffi's ABI mode resolves a name on first use
+    under a lock; a first use from a finalizer run by the garbage collector in the middle of
+    another cffi call would deadlock on that lock."""
+    for name in dir(library):
+        # Declarations shared by both libraries exist in only one of them.
+        with contextlib.suppress(AttributeError):
+            getattr(library, name)
+
+
+resolve_all(lib)
 
 
 def take_byte_vec(vec: Any) -> bytes:

@@ -54,12 +54,21 @@ FAST_STATUS = -3
 _NULL = ffi.NULL
 
 
-# Outcome of one guest call: (kind, payload, error_code). kind OK -> payload is the output
-# bytes; ERROR/TIMEOUT -> payload is the message. A tuple, because it is built on every call.
-OK = 0
-ERROR = 1
-TIMEOUT = 2
-CallResult = tuple[int, Any, str | None]
+class CallFailure:
+    """Why a guest call produced no output. Success is plain `bytes`, with nothing to build."""
+
+    __slots__ = ("code", "message", "timed_out")
+
+    def __init__(self, timed_out: bool, message: str, code: str | None) -> None:
+        self.timed_out = timed_out
+        self.message = message
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"CallFailure({self.message!r}, code={self.code!r})"
+
+
+CallResult = bytes | CallFailure
 
 
 SETUP_TIMEOUT = 5.0  # seconds a guest gets for spear_init, spear_reserve, _initialize
@@ -76,9 +85,10 @@ class GuestTrapped(ExecutionFailed):
 
     def result(self) -> CallResult:
         if self.kind == "interrupt":
-            return (ERROR, f"guest did not finish {self.export} within {SETUP_TIMEOUT} s",
-                    "trap:interrupt")
-        return (ERROR, str(self), f"trap:{self.kind}")
+            return CallFailure(
+                False, f"guest did not finish {self.export} within {SETUP_TIMEOUT} s",
+                "trap:interrupt")
+        return CallFailure(False, str(self), f"trap:{self.kind}")
 
 
 def _trap_kind(code: int | None, message: str) -> str:
@@ -275,16 +285,17 @@ class WasmInstance:
     def call(self, function: str, input: bytes, *, timeout: float | None = None,
              metadata: dict[str, str] | None = None) -> bytes:
         """Run handler `function` on `input`; raises `ExecutionFailed` or `Timeout`."""
-        kind, payload, code = self.execute(function, input, timeout, metadata)
-        if kind == OK:
-            return payload  # type: ignore[no-any-return]
-        if kind == TIMEOUT:
-            raise Timeout(payload)
-        raise ExecutionFailed(payload, code)
+        result = self.execute(function, input, timeout, metadata)
+        if type(result) is bytes:
+            return result
+        assert isinstance(result, CallFailure)
+        if result.timed_out:
+            raise Timeout(result.message)
+        raise ExecutionFailed(result.message, result.code)
 
     def execute(self, function: str, input: bytes, timeout: float | None,
                 metadata: dict[str, str] | None) -> CallResult:
-        """Like `call`, but failures come back as a `CallResult` (no exception cost)."""
+        """Like `call`, but a failure comes back as a `CallFailure` (no exception cost)."""
         with self._lock:
             if not self._live:
                 self._revive()
@@ -292,8 +303,9 @@ class WasmInstance:
             if entry is None:
                 entry = self._resolve_handler(function)
                 if entry is None:
-                    return (ERROR, f"module has no handler named {function!r} (handlers: "
-                            f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
+                    return CallFailure(
+                        False, f"module has no handler named {function!r} (handlers: "
+                        f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
             func, name, n_name, _ = entry
             if type(input) is not bytes:
                 input = bytes(input)  # bytearray/memoryview: the native call takes bytes
@@ -322,7 +334,7 @@ class WasmInstance:
                     end = out_ptr + (result >> 32)
                     if end > self._size:
                         self._refresh_memory()
-                    return (OK, self._view[out_ptr:end].tobytes(), None)
+                    return self._view[out_ptr:end].tobytes()
                 return self._fast_outcome(result, function, timeout)
             self._calls += 1
             view = self._view
@@ -368,14 +380,14 @@ class WasmInstance:
                 self._refresh_memory()
                 view = self._view
                 if end > self._size:
-                    return (ERROR, f"guest returned an output of {out_len} bytes at "
+                    return CallFailure(False, f"guest returned an output of {out_len} bytes at "
                             f"{out_ptr:#x}, outside its {self._size}-byte memory", "bad_pointer")
             if status == 0:
-                return (OK, view[out_ptr:end].tobytes(), None)
+                return view[out_ptr:end].tobytes()
             if status == 1:
-                return (ERROR, view[out_ptr:end].tobytes().decode("utf-8", "replace"),
+                return CallFailure(False, view[out_ptr:end].tobytes().decode("utf-8", "replace"),
                         _signed(err_code))
-            return (ERROR, f"guest returned invalid status {status}", "bad_status")
+            return CallFailure(False, f"guest returned invalid status {status}", "bad_status")
 
     def _fast_outcome(self, result: int, function: str, timeout: float | None) -> CallResult:
         """Everything but plain success from the native call."""
@@ -387,16 +399,17 @@ class WasmInstance:
                 fast.trap = _NULL
             return self._failed(error, function, timeout)
         if result == FAST_BAD_POINTER:
-            return (ERROR, f"guest returned an output of {fast.out_len} bytes at "
+            return CallFailure(False, f"guest returned an output of {fast.out_len} bytes at "
                     f"{fast.out_ptr:#x}, outside its {fast.size}-byte memory", "bad_pointer")
         if result == FAST_STATUS:
             status = fast.status
             if status == 1:
                 self._refresh_memory()
                 message = self._view[fast.out_ptr:fast.out_ptr + fast.out_len].tobytes()
-                return (ERROR, message.decode("utf-8", "replace"), _signed(fast.err_code))
-            return (ERROR, f"guest returned invalid status {status}", "bad_status")
-        return (ERROR, f"native call failed with {result}", "internal")
+                return CallFailure(False, message.decode("utf-8", "replace"),
+                                   _signed(fast.err_code))
+            return CallFailure(False, f"guest returned invalid status {status}", "bad_status")
+        return CallFailure(False, f"native call failed with {result}", "internal")
 
     def _revive(self) -> None:
         if self._closed:
@@ -405,7 +418,7 @@ class WasmInstance:
 
     def _make_room(self, total: int) -> CallResult | None:
         if total > self.max_message_size:
-            return (ERROR, f"request of {total} bytes exceeds the maximum of "
+            return CallFailure(False, f"request of {total} bytes exceeds the maximum of "
                     f"{self.max_message_size}", "too_large")
         try:
             self._reserve(total)
@@ -413,7 +426,7 @@ class WasmInstance:
             self._replace()  # the guest died half-way through growing its buffer
             return trapped.result()
         except ExecutionFailed as exc:
-            return (ERROR, str(exc), str(exc.code))
+            return CallFailure(False, str(exc), str(exc.code))
         return None
 
     def _resolve_handler(self, function: str) -> tuple[Any, bytes, int, Any] | None:
@@ -444,10 +457,10 @@ class WasmInstance:
             self._trap[0] = _NULL
         self._replace()
         if code == TRAP_INTERRUPT:
-            return (TIMEOUT, f"{function!r} did not finish within {timeout} s "
+            return CallFailure(True, f"{function!r} did not finish within {timeout} s "
                     "(guest interrupted)", "timeout")
         kind = _trap_kind(code, message)
-        return (ERROR, f"guest trapped in {function!r}: {trap_reason(message) or kind}",
+        return CallFailure(False, f"guest trapped in {function!r}: {trap_reason(message) or kind}",
                 f"trap:{kind}")
 
     def _replace(self) -> None:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from spear.transport.wasm.capi import ffi, lib
+from spear.transport.wasm.capi import ffi, lib, resolve_all
 from spear.transport.wasm.module_cache import default_cache_dir
 
 log = logging.getLogger("spear.wasm.native")
@@ -58,7 +58,9 @@ def _load() -> Any:
     try:
         if not target.exists():
             _build(target)
-        return ffi.dlopen(str(target))
+        library = ffi.dlopen(str(target))
+        resolve_all(library)
+        return library
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native fast call unavailable, using the Python path: %s", exc)
         return None
