@@ -92,14 +92,3 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.02)
 
 
-def prime_wasm_ffi() -> None:
-    """Work around a deadlock in spear.transport.wasm (reported, not ours to fix):
-    `WasmModule.__del__` looks up `lib.wasmtime_instance_pre_delete`, and cffi creates that
-    accessor under its non-reentrant lock. When the garbage collector runs the finalizer
-    inside a first-time `ffi.new(...)` type parse (which holds the same lock) -- as happens in
-    `capi.trap_details` on a worker thread after a guest times out -- that thread deadlocks
-    and the test run hangs. Resolving the accessor once up front takes the lock out of the
-    finalizer."""
-    from spear.transport.wasm import capi
-
-    getattr(capi.lib, "wasmtime_instance_pre_delete", None)

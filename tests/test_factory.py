@@ -27,9 +27,7 @@ from spear import (
 )
 from spear.channel.connectors import connector_types, get_connector
 from spear.channel.factory import ChannelLimitReached
-from spearlet_support import Worker, free_port, prime_wasm_ffi
-
-prime_wasm_ffi()
+from spearlet_support import Worker, free_port
 
 TOKEN = "factory-test-token-5d1e"
 PROC = RuntimeInstanceId(RuntimeType.PROCESS, "worker-001")

@@ -21,9 +21,6 @@ from spear import (
 from spear.invocation.errors import FunctionNotFound, QueueFull
 from spear.invocation.function_spec import Limits
 from spear.invocation.pool import InvalidScale
-from spearlet_support import prime_wasm_ffi
-
-prime_wasm_ffi()
 
 WASM = RuntimeType.WASM
 

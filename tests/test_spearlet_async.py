@@ -16,9 +16,7 @@ from spear.invocation.errors import (
     FunctionNotFound,
     QueueFull,
 )
-from spearlet_support import TESTS_DIR, prime_wasm_ffi
-
-prime_wasm_ffi()
+from spearlet_support import TESTS_DIR
 
 SLOW = FunctionSpec(
     "slow", RuntimeType.PROCESS,

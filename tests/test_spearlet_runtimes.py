@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from spear import ChannelClosed, FunctionSpec, RuntimeType, Spearlet
 from spear.invocation.function_spec import Limits
-from spearlet_support import TESTS_DIR, Worker, prime_wasm_ffi
-
-prime_wasm_ffi()
+from spearlet_support import TESTS_DIR, Worker
 
 PYTHONPATH = {"PYTHONPATH": os.pathsep.join(
     p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)}
