@@ -22,7 +22,8 @@ lint:
 # regenerate gRPC code from the .proto files (the generated code is committed)
 proto:
     {{python}} -m spear.transport.grpc.codegen
+    {{python}} -m spear.invocation.codegen
 
-# the main job: build the example guests and call one (switches to `spear serve` when it lands)
+# the main job: serve the example WASM functions over HTTP and gRPC (Ctrl-C stops it)
 demo: fixtures
-    spear run wasm_fixtures/build/multi.wasm --function upper --input "hello from spear"
+    spear serve
