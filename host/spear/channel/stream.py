@@ -4,8 +4,9 @@ It does not care who dialled whom: the process runtime accepts connections its w
 while the Kubernetes runtime dials pods that listen. Either way it gets an asyncio
 (reader, writer) pair that has already been authenticated (see `channel.handshake`).
 
-One reader task per connection splits every read into frames (`FrameBuffer`) and hands each
-reply to the request waiting for it (`PendingRequests`); all writes go through one
+The transport's read callback (`StreamTakeover`, installed after the handshake) splits every
+read into frames (`FrameBuffer`) and hands each reply straight to the request waiting for it
+(`PendingRequests`); all writes go through one
 `FrameWriter`, which coalesces the frames written in one loop iteration into one send. No
 task is created per message, which keeps a round trip to a few callbacks.
 """
@@ -40,13 +41,12 @@ from spear.messages import (
     RuntimeMessage,
 )
 from spear.stats import ChannelStats, StatsRecorder
-from spear.transport.frame_io import FrameBuffer, FrameWriter
+from spear.transport.frame_io import FrameBuffer, FrameWriter, StreamTakeover
 from spear.transport.tcp import dial_tcp
 from spear.transport.unix import dial_unix
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 # Heartbeats a peer may leave unanswered (with no other traffic either) before it is dead.
 MISSED_HEARTBEATS = 3
 # Unsolicited messages kept for `receive()`; beyond this the oldest reader is too slow.
@@ -94,9 +94,8 @@ class StreamChannel(CommunicationChannel):
         self._closed_by_peer = False
         self._heartbeat_id: str | None = None
         self._heard = False
-        self._reader_task = self._loop.create_task(
-            self._read_loop(), name=f"spear-read:{instance_id.full_id}"
-        )
+        self._receiver = StreamTakeover(reader, writer, self._on_data, self._on_eof,
+                                        self._on_lost)
         self._deadlines: dict[float, collections.deque[_Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -105,6 +104,8 @@ class StreamChannel(CommunicationChannel):
                 self._heartbeat_loop(config.keepalive_interval_ms / 1000.0),
                 name=f"spear-heartbeat:{instance_id.full_id}",
             )
+        # Last: bytes that arrived with the handshake are dispatched right away.
+        self._receiver.start()
 
     def __repr__(self) -> str:
         state = "open" if self._closed is None else "closed"
@@ -196,7 +197,7 @@ class StreamChannel(CommunicationChannel):
                        error=False)
         # Bounded, and never swallowing the caller's own cancellation.
         closing = asyncio.ensure_future(self._writer.wait_closed())
-        await asyncio.wait({closing, self._reader_task}, timeout=1.0)
+        await asyncio.wait({closing}, timeout=1.0)
         if not closing.done():
             closing.cancel()
         elif not closing.cancelled():
@@ -315,25 +316,19 @@ class StreamChannel(CommunicationChannel):
         ))
         self._send_cancel(request_id)
 
-    async def _read_loop(self) -> None:
-        reader = self._reader
-        feed = self._frames.feed
+    def _on_data(self, data: bytes) -> None:
+        """The transport's read callback: split, decode and dispatch every complete frame."""
+        if self._closed is not None:
+            return
+        self._heard = True
         received = self._stats.received
         dispatch = self._dispatch
         try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    self._closed_by_peer = True
-                    self._shutdown(ChannelClosed(
-                        f"{self._instance_id.full_id} closed the connection"), error=True)
+            for payload in self._frames.feed(data):
+                received(len(payload) + 4)
+                dispatch(_decode(payload))
+                if self._closed is not None:
                     return
-                self._heard = True
-                for payload in feed(data):
-                    received(len(payload) + 4)
-                    dispatch(_decode(payload))
-                    if self._closed is not None:
-                        return
         except InvalidMessage as exc:
             log.warning("closing channel to %s (%s): invalid message: %s",
                         self._instance_id.full_id, self._peer, exc)
@@ -341,14 +336,25 @@ class StreamChannel(CommunicationChannel):
                 self._write(_encode(Error("", f"invalid message: {exc}", "invalid_message")))
             self._shutdown(ChannelClosed(
                 f"invalid message from {self._instance_id.full_id}: {exc}"), error=True)
-        except (ConnectionError, OSError) as exc:
-            self._shutdown(ChannelClosed(
-                f"connection to {self._instance_id.full_id} lost: {exc}"), error=True)
         except Exception as exc:
             # A bug here must not leave callers waiting forever on a channel nobody reads.
             log.exception("reader of %s failed", self._instance_id.full_id)
             self._shutdown(ChannelClosed(
                 f"reader of {self._instance_id.full_id} failed: {exc!r}"), error=True)
+
+    def _on_eof(self) -> None:
+        if self._closed is None:
+            self._closed_by_peer = True
+            self._shutdown(ChannelClosed(
+                f"{self._instance_id.full_id} closed the connection"), error=True)
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if self._closed is None:
+            if exc is None:
+                self._on_eof()
+            else:
+                self._shutdown(ChannelClosed(
+                    f"connection to {self._instance_id.full_id} lost: {exc}"), error=True)
 
     def _dispatch(self, message: RuntimeMessage) -> None:
         cls = type(message)
@@ -405,9 +411,9 @@ class StreamChannel(CommunicationChannel):
             self._timer = None
         self._deadlines.clear()
         current = asyncio.current_task()
-        for task in (self._heartbeat_task, self._reader_task):
-            if task is not None and task is not current:
-                task.cancel()
+        task = self._heartbeat_task
+        if task is not None and task is not current:
+            task.cancel()
         with contextlib.suppress(Exception):
             self._out.flush()  # frames still coalescing (an Error, a Cancel) go out first
             self._writer.close()

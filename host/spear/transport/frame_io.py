@@ -10,6 +10,9 @@ worker's server) use these two classes, so the wire format lives in exactly one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
 
 from spear.transport.framing import HEADER, HEADER_SIZE, check_length
 
@@ -142,3 +145,71 @@ class FrameWriter:
     async def drain(self) -> None:
         self.flush()
         await self._writer.drain()
+
+
+class StreamTakeover(asyncio.Protocol):
+    """Receives an authenticated stream's bytes straight from its transport.
+
+    Streams are convenient for the handshake, but `StreamReader.read` costs a task wake-up
+    (one event-loop iteration) per read. After the handshake a channel or server installs
+    this protocol on the transport instead: `on_data` runs inside the transport's read
+    callback. Everything else (write flow control for `StreamWriter.drain`, `wait_closed`)
+    is still delegated to the stream's own protocol, so the `StreamWriter` keeps working.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_data: Callable[[bytes], None],
+        on_eof: Callable[[], None],
+        on_lost: Callable[[Exception | None], None],
+    ) -> None:
+        self._reader = reader
+        self._inner: Any = writer._protocol  # type: ignore[attr-defined]
+        self._transport: Any = writer.transport
+        self._on_data = on_data
+        self._on_eof = on_eof
+        self._on_lost = on_lost
+        self._lost = False
+
+    def start(self) -> None:
+        """Install on the transport, then replay what the `StreamReader` already buffered."""
+        reader: Any = self._reader
+        self._transport.set_protocol(self)
+        buffered = getattr(reader, "_buffer", None)
+        if buffered:
+            data = bytes(buffered)
+            buffered.clear()
+            self._on_data(data)
+        if getattr(reader, "_paused", False):
+            reader._paused = False
+            with contextlib.suppress(Exception):
+                self._transport.resume_reading()
+        exception = reader.exception()
+        if exception is not None:
+            self.connection_lost(exception)
+        elif reader.at_eof():
+            self._on_eof()
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        result = self._inner.eof_received()
+        self._on_eof()
+        return result  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        with contextlib.suppress(Exception):
+            self._inner.connection_lost(exc)
+        self._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()

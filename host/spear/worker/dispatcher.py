@@ -8,10 +8,12 @@ sync handlers on a thread pool and async handlers on the loop, enforces each req
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import importlib
 import inspect
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,8 +53,8 @@ class Dispatcher:
         # Every running request, for drain/close; and by (scope, request id) for cancel. One
         # worker may serve several connections whose request ids collide: each connection
         # passes itself as `scope`.
-        self._running: set[asyncio.Future[ExecutionResponse]] = set()
-        self._tasks: dict[tuple[object, str], asyncio.Future[ExecutionResponse]] = {}
+        self._running: set[asyncio.Future[Any]] = set()
+        self._tasks: dict[tuple[object, str], asyncio.Future[Any]] = {}
         self._draining = False
 
     @property
@@ -120,6 +122,50 @@ class Dispatcher:
         task.add_done_callback(finished)
         return task
 
+    def serve(
+        self,
+        request: ExecutionRequest,
+        respond: Callable[[ExecutionResponse], object],
+        scope: object = None,
+    ) -> asyncio.Future[None] | None:
+        """Run one request and hand its response to `respond`, as directly as possible.
+
+        The request's task runs its first step at once (eagerly, as the current task), so a
+        handler that finishes without waiting (an async echo) is answered before this
+        returns, with no event-loop iteration in between; the result is then None. Otherwise
+        the running task is returned (for `drain`); `respond` is called from it when the
+        request ends, with a `cancelled` response if `cancel()` (or `close()`) stopped it.
+        """
+        if self._draining:
+            respond(_failure(request.request_id, "worker is shutting down", "unavailable", 0.0))
+            return None
+        key = (scope, request.request_id)
+        task, finished = _start_eagerly(self._serve(request, respond, key))
+        if finished:
+            return None
+        self._tasks[key] = task
+        self._running.add(task)
+        return task
+
+    async def _serve(
+        self,
+        request: ExecutionRequest,
+        respond: Callable[[ExecutionResponse], object],
+        key: tuple[object, str],
+    ) -> None:
+        try:
+            response = await self._run(request)
+        except asyncio.CancelledError:
+            response = _failure(request.request_id, "cancelled by the caller", "cancelled", 0.0)
+        except Exception as exc:  # a bug of ours: still answer, never leave the caller hanging
+            response = _failure(request.request_id, f"{type(exc).__name__}: {exc}",
+                                "internal_error", 0.0)
+        task = self._tasks.get(key)
+        if task is not None and task is asyncio.current_task():
+            del self._tasks[key]
+            self._running.discard(task)
+        respond(response)
+
     def cancel(self, request_id: str, scope: object = None) -> bool:
         task = self._tasks.get((scope, request_id))
         if task is None:
@@ -185,6 +231,83 @@ class Dispatcher:
 
 def _failure(request_id: str, message: str, code: str, elapsed_ms: float) -> ExecutionResponse:
     return ExecutionResponse(request_id, b"", ExecutionStatus.ERROR, message, code, elapsed_ms)
+
+
+_FINISHED = object()
+
+
+class _Resumable(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """What the task of an eagerly started coroutine runs: the coroutine from where its
+    eager first step left it (or nothing, when that step finished it)."""
+
+    __slots__ = ("_coro", "_first", "_fresh")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        self._first: Any = _FINISHED  # what the first step yielded, if it did not finish
+        self._fresh = True
+
+    def send(self, value: Any) -> Any:
+        if self._fresh:
+            self._fresh = False
+            if self._first is _FINISHED:
+                raise StopIteration(None)
+            return self._first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._fresh = False
+        return self._coro.throw(typ if val is None else val)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        return self
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+
+def _start_eagerly(
+    coro: Coroutine[Any, Any, None],
+) -> tuple[asyncio.Task[None], bool]:
+    """Create a task for `coro` and run its first step now; True when that finished it.
+
+    Python 3.12+ does this itself (`eager_start`). On 3.11 the task is created around a
+    `_Resumable` and made the current task while the first step runs, so the handler sees
+    `asyncio.current_task()` (and `asyncio.timeout` works) exactly as in a normal task.
+    """
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coro, loop=loop, eager_start=True)
+        return task, task.done()
+    if _current_task(loop) is not None:
+        return loop.create_task(coro), False  # called from a task: an ordinary task, then
+    holder = _Resumable(coro)
+    task = loop.create_task(holder)
+    _enter_task(loop, task)
+    try:
+        holder._first = coro.send(None)
+    except StopIteration:
+        return task, True
+    except BaseException:
+        coro.close()
+        raise
+    finally:
+        _leave_task(loop, task)
+    return task, False
+
+
+_current_task = asyncio.current_task
+# What a task's step does around its coroutine (and what 3.12's eager start does).
+_enter_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] = (
+    asyncio.tasks._enter_task)
+_leave_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any]], None] = (
+    asyncio.tasks._leave_task)
 
 
 def _current_task_cancelling() -> bool:

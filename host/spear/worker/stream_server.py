@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from functools import partial
+from typing import Any
 
 from spear import codec
 from spear.errors import InvalidMessage
@@ -32,12 +32,11 @@ from spear.messages import (
     RuntimeMessage,
     Shutdown,
 )
-from spear.transport.frame_io import FrameBuffer, FrameWriter
+from spear.transport.frame_io import FrameBuffer, FrameWriter, StreamTakeover
 from spear.worker.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 DEFAULT_MAX_IN_FLIGHT = 1024
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
@@ -89,20 +88,24 @@ class _StreamServer:
         self._drain_timeout = drain_timeout
         self._on_shutdown = on_shutdown
         self._loop = asyncio.get_running_loop()
-        self._requests: dict[str, asyncio.Future[ExecutionResponse]] = {}
-        self._room: asyncio.Future[None] | None = None
+        self._transport: Any = writer.transport
+        self._requests: dict[str, asyncio.Future[None]] = {}
+        self._reading_paused = False
+        self._unblock_task: asyncio.Task[None] | None = None
         self._draining = False
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._drain_task: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event | None) -> None:
-        read_task = self._loop.create_task(self._read_loop(), name="spear-worker-read")
+        receiver = StreamTakeover(self._reader, self._writer, self._on_data, self._finish,
+                                  self._on_lost)
         stop_task = (self._loop.create_task(self._wait_stop(stop), name="spear-worker-stop")
                      if stop is not None else None)
+        receiver.start()
         try:
             await self._done
         finally:
-            for helper in (read_task, stop_task, self._drain_task):
+            for helper in (stop_task, self._drain_task, self._unblock_task):
                 if helper is not None and not helper.done():
                     helper.cancel()
             for request_task in list(self._requests.values()):
@@ -123,37 +126,58 @@ class _StreamServer:
 
     def _finish(self) -> None:
         if not self._done.done():
+            if self._requests and not self._draining:
+                log.info("host closed the connection; cancelling %d requests",
+                         len(self._requests))
             self._done.set_result(None)
 
-    async def _read_loop(self) -> None:
-        reader = self._reader
-        feed = self._frames.feed
+    def _on_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self._done.done():
+            log.info("connection to the host lost: %s", exc)
+        self._finish()
+
+    def _on_data(self, data: bytes) -> None:
+        """The transport's read callback: every complete frame is handled right here."""
+        if self._done.done():
+            return
         handle = self._handle
         try:
-            while not self._done.done():
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    if self._requests and not self._draining:
-                        log.info("host closed the connection; cancelling %d requests",
-                                 len(self._requests))
-                    self._finish()
-                    return
-                for payload in feed(data):
-                    handle(_decode(payload))
-                if len(self._requests) >= self._max_in_flight:
-                    self._room = self._loop.create_future()
-                    await self._room
-                if self._out.needs_drain:
-                    # Replies pile up faster than the host reads them: stop taking work.
-                    await self._out.drain()
+            for payload in self._frames.feed(data):
+                handle(_decode(payload))
         except InvalidMessage as exc:
             log.warning("closing the connection: invalid message from the host: %s", exc)
             with contextlib.suppress(Exception):
                 self._out.write(_encode(Error("", f"invalid message: {exc}", "invalid_message")))
             self._finish()
-        except (ConnectionError, OSError) as exc:
-            log.info("connection to the host lost: %s", exc)
-            self._finish()
+            return
+        if self._done.done() or self._reading_paused:
+            return
+        if len(self._requests) >= self._max_in_flight:
+            self._pause_reading()  # resumed when a request finishes
+        elif self._out.needs_drain:
+            # Replies pile up faster than the host reads them: stop taking work.
+            self._pause_reading()
+            self._unblock_task = self._loop.create_task(self._resume_after_drain())
+
+    def _pause_reading(self) -> None:
+        self._reading_paused = True
+        with contextlib.suppress(Exception):
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._done.done():
+            self._reading_paused = False
+            with contextlib.suppress(Exception):
+                self._transport.resume_reading()
+
+    async def _resume_after_drain(self) -> None:
+        try:
+            await self._out.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            self._on_lost(exc)
+            return
+        if len(self._requests) < self._max_in_flight:
+            self._resume_reading()
 
     def _handle(self, message: RuntimeMessage) -> None:
         cls = type(message)
@@ -189,28 +213,18 @@ class _StreamServer:
                                           f"request id {request_id!r} is already in flight",
                                           "duplicate_request"))
             return
-        self._requests[request_id] = self._dispatcher.submit(
-            request, partial(self._finished, request_id), scope=self)
+        # A handler that finishes without waiting is answered inside this call.
+        running = self._dispatcher.serve(request, self._finished, scope=self)
+        if running is not None:
+            self._requests[request_id] = running
 
-    def _finished(self, request_id: str, future: asyncio.Future[ExecutionResponse]) -> None:
-        if self._requests.get(request_id) is future:
-            del self._requests[request_id]
-        room = self._room
-        if room is not None and len(self._requests) < self._max_in_flight:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
-        if future.cancelled():
-            if self._done.done():
-                return  # the connection is going away; nobody to answer
-            response = ExecutionResponse(request_id, b"", ExecutionStatus.ERROR,
-                                         "cancelled by the caller", "cancelled")
-        elif (exc := future.exception()) is not None:
-            log.error("dispatcher failed on %r", request_id, exc_info=exc)
-            response = ExecutionResponse(request_id, b"", ExecutionStatus.ERROR,
-                                         f"{type(exc).__name__}: {exc}", "internal_error")
-        else:
-            response = future.result()
+    def _finished(self, response: ExecutionResponse) -> None:
+        requests = self._requests
+        if requests:
+            requests.pop(response.request_id, None)
+            if self._reading_paused and len(requests) < self._max_in_flight and (
+                    self._unblock_task is None or self._unblock_task.done()):
+                self._resume_reading()
         self._reply(response)
 
     def _reply(self, response: ExecutionResponse) -> None:
