@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -148,3 +149,67 @@ async def test_frames_buffered_before_the_takeover_are_not_lost() -> None:
     assert codec.decode(data[4:]) == HealthResponse("early", "serving", {})
     await channel.close()
     right.close()
+
+
+# -- sync handlers: the handler thread hands the response straight to the loop ---------------
+
+def sync_handler(request: ExecutionRequest) -> object:
+    name = request.function_name
+    if name == "sleep":
+        time.sleep(float(request.input_data))
+        return b"slept"
+    if name == "text":
+        return "text"
+    if name == "wrong":
+        return 42
+    if name == "boom":
+        raise ValueError("boom")
+    if name == "exit":
+        raise SystemExit(3)
+    return request.input_data
+
+
+@pytest.fixture
+async def sync_pair() -> AsyncIterator[Pair]:
+    made = await _pair(sync_handler)
+    yield made
+    await made.channel.close()
+    await asyncio.wait_for(made.server, 2)
+    made.dispatcher.close()
+
+
+async def test_sync_handler_results_and_failures(sync_pair: Pair) -> None:
+    assert (await call(sync_pair, "echo", b"hi", rid="a")).output_data == b"hi"
+    assert (await call(sync_pair, "text", rid="b")).output_data == b"text"
+    wrong = await call(sync_pair, "wrong", rid="c")
+    assert wrong.error_code == "handler_error" and "int" in (wrong.error_message or "")
+    boom = await call(sync_pair, "boom", rid="d")
+    assert boom.error_code == "handler_error" and "boom" in (boom.error_message or "")
+    exited = await call(sync_pair, "exit", rid="e")
+    assert exited.error_code == "internal_error" and "SystemExit" in (exited.error_message or "")
+    assert sync_pair.dispatcher.in_flight == 0
+
+
+async def test_sync_handlers_still_run_concurrently(sync_pair: Pair) -> None:
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(call(sync_pair, "sleep", b"0.2", rid=f"s{i}")
+                                     for i in range(4)))
+    assert all(r.output_data == b"slept" for r in replies)
+    assert time.perf_counter() - started < 0.6
+    assert sync_pair.dispatcher.in_flight == 0
+
+
+async def test_sync_handler_deadline_and_cancel(sync_pair: Pair) -> None:
+    late = await call(sync_pair, "sleep", b"0.3", rid="t", timeout_ms=50)
+    assert late.error_code == "timeout"
+    with pytest.raises(Timeout):
+        await sync_pair.channel.request_response(
+            ExecutionRequest("c", "sleep", b"0.3"), timeout=0.05)
+    for _ in range(100):  # the worker forgets the cancelled request at once
+        health = await sync_pair.channel.request_response(HealthCheck("h"))
+        assert isinstance(health, HealthResponse)
+        if health.metrics["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert health.metrics["in_flight"] == 0
+    assert (await call(sync_pair, "echo", b"after", rid="c")).output_data == b"after"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import contextlib
 import importlib
 import inspect
 import sys
@@ -140,12 +141,73 @@ class Dispatcher:
             respond(_failure(request.request_id, "worker is shutting down", "unavailable", 0.0))
             return None
         key = (scope, request.request_id)
+        if self._executor is not None and request.timeout_ms <= 0:
+            return self._serve_on_thread(request, respond, key)
         task, finished = _start_eagerly(self._serve(request, respond, key))
         if finished:
             return None
         self._tasks[key] = task
         self._running.add(task)
         return task
+
+    def _serve_on_thread(
+        self,
+        request: ExecutionRequest,
+        respond: Callable[[ExecutionResponse], object],
+        key: tuple[object, str],
+    ) -> asyncio.Future[None] | None:
+        """A sync handler without a deadline: the handler thread builds the response and
+        hands it to the loop, which writes it at once (no task, no chained future)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def forget() -> None:
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
+            self._running.discard(done)
+
+        def finish(response: ExecutionResponse) -> None:  # on the loop
+            if done.done():
+                return  # cancelled, and already answered
+            done.set_result(None)
+            forget()
+            respond(response)
+
+        def on_cancelled(future: asyncio.Future[None]) -> None:
+            if future.cancelled():
+                forget()
+                respond(_failure(request.request_id, "cancelled by the caller", "cancelled",
+                                 0.0))
+
+        def job() -> None:  # on a handler thread
+            try:
+                response = self._call_sync(request)
+            except BaseException as exc:  # the caller must get an answer
+                response = _failure(request.request_id, f"{type(exc).__name__}: {exc}",
+                                    "internal_error", 0.0)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to answer
+                loop.call_soon_threadsafe(finish, response)
+
+        assert self._executor is not None
+        try:
+            self._executor.submit(job)
+        except RuntimeError as exc:  # shut down
+            respond(_failure(request.request_id, f"{type(exc).__name__}: {exc}",
+                             "handler_error", 0.0))
+            return None
+        done.add_done_callback(on_cancelled)
+        self._tasks[key] = done
+        self._running.add(done)
+        return done
+
+    def _call_sync(self, request: ExecutionRequest) -> ExecutionResponse:
+        started = time.perf_counter()
+        try:
+            output = self._handler(request)
+        except Exception as exc:
+            return _failure(request.request_id, f"{type(exc).__name__}: {exc}", "handler_error",
+                            (time.perf_counter() - started) * 1000.0)
+        return _output_response(request, output, started)
 
     async def _serve(
         self,
@@ -212,21 +274,26 @@ class Dispatcher:
                 )
             return _failure(request.request_id, f"{type(exc).__name__}: {exc}", "handler_error",
                             elapsed)
-        elapsed = (time.perf_counter() - started) * 1000.0
-        if isinstance(output, str):
-            output = output.encode()
-        if not isinstance(output, bytes | bytearray | memoryview):
-            return _failure(request.request_id,
-                            f"handler returned {type(output).__name__}, expected bytes",
-                            "handler_error", elapsed)
-        return ExecutionResponse(request.request_id, bytes(output), ExecutionStatus.SUCCESS,
-                                 None, None, elapsed)
+        return _output_response(request, output, started)
 
     async def _call(self, request: ExecutionRequest) -> Any:
         if self._is_async:
             return await self._handler(request)  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._handler, request)
+
+
+def _output_response(request: ExecutionRequest, output: Any, started: float
+                     ) -> ExecutionResponse:
+    elapsed = (time.perf_counter() - started) * 1000.0
+    if isinstance(output, str):
+        output = output.encode()
+    if not isinstance(output, bytes | bytearray | memoryview):
+        return _failure(request.request_id,
+                        f"handler returned {type(output).__name__}, expected bytes",
+                        "handler_error", elapsed)
+    return ExecutionResponse(request.request_id, bytes(output), ExecutionStatus.SUCCESS,
+                             None, None, elapsed)
 
 
 def _failure(request_id: str, message: str, code: str, elapsed_ms: float) -> ExecutionResponse:
