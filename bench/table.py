@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +32,32 @@ def median_us(fn: Callable[[], object], *, batch: int, rounds: int = 15) -> floa
             fn()
         samples.append((time.perf_counter() - start) / batch * 1e6)
     return statistics.median(samples)
+
+
+def interleaved_us(
+    runners: dict[str, Callable[[int], None]], batches: dict[str, int], *, rounds: int = 21
+) -> dict[str, float]:
+    """Median microseconds per call for each runner, measured in alternating short batches.
+
+    `runners[name](n)` makes n calls. Taking turns within every round means that load from
+    other processes on a shared machine hits every row alike, so their ratios hold even when
+    the absolute times drift. The garbage collector is paused while timing.
+    """
+    for name, run in runners.items():
+        run(max(1, batches[name] // 5))
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    gc.collect()
+    gc.disable()
+    try:
+        for round_no in range(rounds):
+            for name in names if round_no % 2 == 0 else reversed(names):
+                start = time.perf_counter()
+                runners[name](batches[name])
+                samples[name].append((time.perf_counter() - start) / batches[name] * 1e6)
+    finally:
+        gc.enable()
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def render(rows: list[Row], *, markdown: bool = False) -> str:

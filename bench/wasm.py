@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import struct
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import spear_guest
 
-from bench.table import Row, median_us
+from bench.table import Row, interleaved_us, median_us
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [("64 B", 64), ("4 KiB", 4096), ("1 MiB", 1 << 20)]
@@ -30,7 +30,7 @@ def _echo_wasm() -> Path:
 
 
 def _batch(size: int, quick: bool) -> int:
-    base = 2000 if size <= 4096 else 20
+    base = 1000 if size <= 4096 else 20
     return max(5, base // (4 if quick else 1))
 
 
@@ -74,24 +74,25 @@ def _extism_plugin() -> object:
     return extism.Plugin(wasm, wasi=False)
 
 
-def _async_median_us(channel: object, data: bytes, batch: int, rounds: int = 15) -> float:
+def _repeat(fn: Callable[[], object]) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for _ in range(n):
+            fn()
+    return run
+
+
+def _async_runner(loop: asyncio.AbstractEventLoop, channel: object,
+                  data: bytes) -> Callable[[int], None]:
     from spear.messages import ExecutionRequest
 
-    async def measure() -> float:
-        call = channel.request_response  # type: ignore[attr-defined]
-        request = ExecutionRequest("bench", "echo", data)
-        for _ in range(max(5, batch // 10)):
-            await call(request)
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(batch):
-                await call(request)
-            samples.append((time.perf_counter() - start) / batch * 1e6)
-        samples.sort()
-        return samples[len(samples) // 2]
+    call = channel.request_response  # type: ignore[attr-defined]
+    request = ExecutionRequest("bench", "echo", data)
 
-    return asyncio.get_event_loop().run_until_complete(measure())
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            await call(request)
+
+    return lambda n: loop.run_until_complete(calls(n))
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -122,11 +123,19 @@ def run(args: argparse.Namespace) -> list[Row]:
         assert stock.call(data) == data
         assert plugin.call("echo", data) == data  # type: ignore[attr-defined]
         batch = _batch(size, args.quick)
-        extism_us = median_us(lambda d=data: plugin.call("echo", d),  # type: ignore[attr-defined]
-                              batch=max(3, batch // (10 if size > 4096 else 1)))
-        stock_us = median_us(lambda d=data: stock.call(d), batch=batch)
-        sync_us = median_us(lambda d=data: instance.call("echo", d), batch=batch)
-        async_us = _async_median_us(channel, data, batch)
+        timed = interleaved_us(
+            {
+                "extism": _repeat(lambda d=data: plugin.call("echo", d)),  # type: ignore[attr-defined]
+                "stock": _repeat(lambda d=data: stock.call(d)),
+                "sync": _repeat(lambda d=data: instance.call("echo", d)),
+                "async": _async_runner(loop, channel, data),
+            },
+            {"extism": max(3, batch // (10 if size > 4096 else 1)), "stock": batch,
+             "sync": batch, "async": batch},
+            rounds=9 if args.quick else 21,
+        )
+        extism_us, stock_us, sync_us, async_us = (
+            timed["extism"], timed["stock"], timed["sync"], timed["async"])
         anchor = f"extism {label}"
         rows.append(Row(SECTION, anchor, extism_us, note="anchor: Plugin.call"))
         rows.append(Row(SECTION, f"wasmtime-py {label}", stock_us, anchor, stock_us / extism_us,
