@@ -29,7 +29,7 @@ from spear.config import ChannelConfig
 from spear.messages import ExecutionRequest
 from spear.runtime.process import ProcessRuntime, worker_command
 
-from bench.table import Row, median_us
+from bench.table import Row
 
 SECTION = "process"
 PAYLOAD = b"x" * 64
@@ -46,22 +46,26 @@ while True:
 """
 
 
-def raw_ping_pong_us(batch: int, rounds: int) -> float:
-    parent, child = socket.socketpair()
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO_CHILD, str(child.fileno())],
-                            pass_fds=[child.fileno()])
-    child.close()
-    try:
-        def once() -> None:
+class RawPingPong:
+    """A blocking Python echo child on a socket pair: the anchor."""
+
+    def __init__(self) -> None:
+        self.parent, child = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_CHILD, str(child.fileno())],
+                                     pass_fds=[child.fileno()])
+        child.close()
+
+    def run(self, n: int) -> None:
+        parent = self.parent
+        for _ in range(n):
             parent.sendall(PAYLOAD)
             received = 0
             while received < len(PAYLOAD):
                 received += len(parent.recv(65536))
 
-        return median_us(once, batch=batch, rounds=rounds)
-    finally:
-        parent.close()
-        proc.wait(timeout=10)
+    def close(self) -> None:
+        self.parent.close()
+        self.proc.wait(timeout=10)
 
 
 _ASYNCIO_ECHO_CHILD = """
@@ -86,9 +90,10 @@ asyncio.run(main())
 """
 
 
-async def asyncio_floor_us(batch: int, rounds: int) -> float:
+async def asyncio_floor() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """The same ping-pong with an asyncio Protocol on both ends and nothing else: no
-    framing, codec, correlation or tasks. No asyncio channel can beat this."""
+    framing, codec, correlation or tasks. No asyncio channel can beat this.
+    Returns (one round trip, close)."""
     parent, child = socket.socketpair()
     proc = subprocess.Popen([sys.executable, "-c", _ASYNCIO_ECHO_CHILD, str(child.fileno())],
                             pass_fds=[child.fileno()])
@@ -101,17 +106,41 @@ async def asyncio_floor_us(batch: int, rounds: int) -> float:
             waiter.pop().set_result(None)
 
     transport, _ = await loop.connect_accepted_socket(Client, parent)
-    try:
-        async def once() -> None:
-            future = loop.create_future()
-            waiter.append(future)
-            transport.write(PAYLOAD)
-            await future
 
-        return await amedian_us(once, batch=batch, rounds=rounds)
-    finally:
+    async def once() -> None:
+        future = loop.create_future()
+        waiter.append(future)
+        transport.write(PAYLOAD)
+        await future
+
+    async def close() -> None:
         transport.close()
-        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
+        await loop.run_in_executor(None, proc.wait, 10)
+
+    return once, close
+
+
+async def interleaved(raw: RawPingPong, floor: Callable[[], Awaitable[None]],
+                      channel: Callable[[], Awaitable[None]], *, batch: int,
+                      rounds: int) -> tuple[float, float, float]:
+    """Medians for the anchor, the asyncio floor and the channel, taking turns every round
+    so that load from elsewhere on a shared machine hits all three alike."""
+    raw.run(batch // 10)
+    for _ in range(batch // 10):
+        await floor()
+        await channel()
+    samples: list[list[float]] = [[], [], []]
+    for _ in range(rounds):
+        start = time.perf_counter()
+        raw.run(batch)
+        samples[0].append((time.perf_counter() - start) / batch * 1e6)
+        for index, fn in ((1, floor), (2, channel)):
+            start = time.perf_counter()
+            for _ in range(batch):
+                await fn()
+            samples[index].append((time.perf_counter() - start) / batch * 1e6)
+    raw_us, floor_us, channel_us = (statistics.median(values) for values in samples)
+    return raw_us, floor_us, channel_us
 
 
 async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds: int) -> float:
@@ -127,7 +156,9 @@ async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds:
 
 
 async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds: int,
-                          pipelined: bool) -> tuple[float, float | None]:
+                          pipelined: bool, raw: RawPingPong | None = None
+                          ) -> tuple[float, float | None, tuple[float, float] | None]:
+    """(sequential us, pipelined us per request or None, (anchor us, floor us) or None)."""
     config = ChannelConfig(channel_type=channel_type, keepalive_interval_ms=0)
     runtime = ProcessRuntime(config=config)
     try:
@@ -140,9 +171,19 @@ async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds
             request = ExecutionRequest(f"b{next(counter)}", "echo", PAYLOAD)
             await channel.request_response(request)
 
-        sequential = await amedian_us(one, batch=batch, rounds=rounds)
+        anchors = None
+        if raw is not None:
+            floor, close_floor = await asyncio_floor()
+            try:
+                raw_us, floor_us, sequential = await interleaved(raw, floor, one, batch=batch,
+                                                                 rounds=rounds)
+            finally:
+                await close_floor()
+            anchors = (raw_us, floor_us)
+        else:
+            sequential = await amedian_us(one, batch=batch, rounds=rounds)
         if not pipelined:
-            return sequential, None
+            return sequential, None, anchors
         per_lane = max(1, batch * 8 // IN_FLIGHT)
 
         async def lane() -> None:
@@ -153,7 +194,7 @@ async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds
             await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
 
         burst_us = await amedian_us(burst, batch=1, rounds=rounds)
-        return sequential, burst_us / (per_lane * IN_FLIGHT)
+        return sequential, burst_us / (per_lane * IN_FLIGHT), anchors
     finally:
         await runtime.close()
 
@@ -161,15 +202,19 @@ async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds
 def run(args: argparse.Namespace) -> list[Row]:
     quick = bool(getattr(args, "quick", False))
     batch, rounds = (500, 7) if quick else (2000, 15)
-    raw = raw_ping_pong_us(batch, rounds)
-    floor = asyncio.run(asyncio_floor_us(batch, rounds))
-    unix_seq, unix_par = asyncio.run(measure_channel(
-        "spear.worker.examples:async_echo", "unix", batch=batch, rounds=rounds, pipelined=True))
-    tcp_seq, _ = asyncio.run(measure_channel(
+    ping_pong = RawPingPong()
+    try:
+        unix_seq, unix_par, anchors = asyncio.run(measure_channel(
+            "spear.worker.examples:async_echo", "unix", batch=batch, rounds=rounds,
+            pipelined=True, raw=ping_pong))
+    finally:
+        ping_pong.close()
+    tcp_seq, _, _ = asyncio.run(measure_channel(
         "spear.worker.examples:async_echo", "tcp", batch=batch, rounds=rounds, pipelined=False))
-    sync_seq, _ = asyncio.run(measure_channel(
+    sync_seq, _, _ = asyncio.run(measure_channel(
         "spear.worker.examples:echo", "unix", batch=batch // 2, rounds=rounds, pipelined=False))
-    assert unix_par is not None
+    assert unix_par is not None and anchors is not None
+    raw, floor = anchors
     anchor = "raw blocking ping-pong, 64 B, 2 processes"
     seq_name = "unix channel request_response, 64 B echo"
     ratio = unix_seq / raw
