@@ -115,6 +115,19 @@ const wasm_valtype_vec_t *wasm_functype_results(const wasm_functype_t *);
 uint8_t wasm_valtype_kind(const wasm_valtype_t *);
 void wasm_functype_delete(wasm_functype_t *);
 
+typedef struct wasi_config_t wasi_config_t;
+wasmtime_error_t *wasmtime_linker_define_wasi(wasmtime_linker_t *);
+wasi_config_t *wasi_config_new(void);
+void wasi_config_inherit_stderr(wasi_config_t *);
+bool wasi_config_set_argv(wasi_config_t *, size_t argc, const char *argv[]);
+wasmtime_error_t *wasmtime_context_set_wasi(wasmtime_context_t *, wasi_config_t *);
+
+typedef struct wasm_importtype_t wasm_importtype_t;
+typedef struct { size_t size; wasm_importtype_t **data; } wasm_importtype_vec_t;
+void wasmtime_module_imports(const wasmtime_module_t *, wasm_importtype_vec_t *out);
+const wasm_byte_vec_t *wasm_importtype_module(const wasm_importtype_t *);
+void wasm_importtype_vec_delete(wasm_importtype_vec_t *);
+
 typedef struct wasm_exporttype_t wasm_exporttype_t;
 typedef struct wasm_externtype_t wasm_externtype_t;
 typedef struct { size_t size; wasm_exporttype_t **data; } wasm_exporttype_vec_t;

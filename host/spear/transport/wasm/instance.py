@@ -145,6 +145,8 @@ class WasmInstance:
             lib.wasmtime_context_set_epoch_deadline(context, NO_DEADLINE)
             if module.fuel is not None:
                 self._check(lib.wasmtime_context_set_fuel(context, module.fuel))
+            if module.uses_wasi:
+                self._check(lib.wasmtime_context_set_wasi(context, self._wasi_config()))
             module._instantiate_raw(context, instance)
             self._store, self._context, self._instance = store, context, instance
             self._live = True
@@ -173,6 +175,15 @@ class WasmInstance:
             self._live = False
             lib.wasmtime_store_delete(store)
             raise
+
+    def _wasi_config(self) -> Any:
+        """A WASI context that grants nothing but a clock, randomness and stderr."""
+        config = lib.wasi_config_new()
+        program = ffi.new("char[]", self.module.name.encode())
+        argv = ffi.new("const char *[]", [program])
+        lib.wasi_config_set_argv(config, 1, argv)
+        lib.wasi_config_inherit_stderr(config)
+        return config
 
     def _export(self, name: str, kind: int) -> Any:
         item = ffi.new("wasmtime_extern_t *")

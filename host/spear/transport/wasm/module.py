@@ -35,6 +35,11 @@ def _linker_for(engine: Engine) -> Any:
         if linker is None:
             linker = lib.wasmtime_linker_new(engine.ptr)
             define_host_calls(linker)
+            # WASI preview 1 for guests built against wasi-libc; each store gets a sandboxed
+            # context (see WasmInstance): no files, no environment, stderr only.
+            error = lib.wasmtime_linker_define_wasi(linker)
+            if error != ffi.NULL:
+                raise RuntimeError(f"cannot define WASI: {error_message(error)}")
             _linkers[engine.options] = linker
         return linker
 
@@ -71,6 +76,19 @@ def _compile(engine: Engine, wasm: bytes, wasm_hash: str, cache: ModuleCache) ->
             error_message(error)
     _compiled[key] = module
     return module
+
+
+def _import_modules(module: Any) -> set[str]:
+    imports = ffi.new("wasm_importtype_vec_t *")
+    lib.wasmtime_module_imports(module, imports)
+    try:
+        names = set()
+        for i in range(imports.size):
+            name = lib.wasm_importtype_module(imports.data[i])
+            names.add(bytes(ffi.buffer(name.data, name.size)).decode("utf-8", "replace"))
+        return names
+    finally:
+        lib.wasm_importtype_vec_delete(imports)
 
 
 def _export_names(module: Any) -> list[tuple[str, int]]:
@@ -133,6 +151,7 @@ class WasmModule:
         )
         self.has_dispatch = abi.EXPORT_DISPATCH in functions
         self.has_initialize = abi.EXPORT_INITIALIZE in functions
+        self.uses_wasi = any(name.startswith("wasi_") for name in _import_modules(self._module))
         pre = ffi.new("wasmtime_instance_pre_t **")
         error = lib.wasmtime_linker_instantiate_pre(_linker_for(self.engine), self._module, pre)
         if error != ffi.NULL:
