@@ -16,12 +16,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from spear.messages import ExecutionRequest
 
-from bench.table import Row, median_us
+from bench.table import Row, amedian_us, median_us
 
 SECTION = "grpc"
 PAYLOAD = b"x" * 64
@@ -48,18 +47,6 @@ def start_worker() -> tuple[subprocess.Popen[str], str]:
         if line.strip() == "spear-worker ready":
             return proc, address
     raise RuntimeError("benchmark worker did not start")
-
-
-async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds: int) -> float:
-    for _ in range(max(1, batch // 10)):
-        await fn()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(batch):
-            await fn()
-        samples.append((time.perf_counter() - start) / batch * 1e6)
-    return statistics.median(samples)
 
 
 async def in_flight_us(channel: object, *, total: int, rounds: int) -> float:

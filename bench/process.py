@@ -29,7 +29,7 @@ from spear.config import ChannelConfig
 from spear.messages import ExecutionRequest
 from spear.runtime.process import ProcessRuntime, worker_command
 
-from bench.table import Row
+from bench.table import Row, amedian_us
 
 SECTION = "process"
 PAYLOAD = b"x" * 64
@@ -141,18 +141,6 @@ async def interleaved(raw: RawPingPong, floor: Callable[[], Awaitable[None]],
             samples[index].append((time.perf_counter() - start) / batch * 1e6)
     raw_us, floor_us, channel_us = (statistics.median(values) for values in samples)
     return raw_us, floor_us, channel_us
-
-
-async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int, rounds: int) -> float:
-    for _ in range(max(1, batch // 10)):
-        await fn()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(batch):
-            await fn()
-        samples.append((time.perf_counter() - start) / batch * 1e6)
-    return statistics.median(samples)
 
 
 async def measure_channel(handler: str, channel_type: str, *, batch: int, rounds: int,

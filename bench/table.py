@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -30,6 +30,20 @@ def median_us(fn: Callable[[], object], *, batch: int, rounds: int = 15) -> floa
         start = time.perf_counter()
         for _ in range(batch):
             fn()
+        samples.append((time.perf_counter() - start) / batch * 1e6)
+    return statistics.median(samples)
+
+
+async def amedian_us(fn: Callable[[], Awaitable[object]], *, batch: int,
+                     rounds: int = 15) -> float:
+    """`median_us` for a coroutine function."""
+    for _ in range(max(1, batch // 10)):
+        await fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(batch):
+            await fn()
         samples.append((time.perf_counter() - start) / batch * 1e6)
     return statistics.median(samples)
 
