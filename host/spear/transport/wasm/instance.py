@@ -80,7 +80,7 @@ class GuestTrapped(ExecutionFailed):
     def __init__(self, export: str, trap_code: int | None, message: str) -> None:
         self.export = export
         self.kind = _trap_kind(trap_code, message)
-        self.reason = trap_reason(message) or self.kind
+        self.reason = one_line(message) or self.kind
         super().__init__(f"guest trapped in {export}: {self.reason}", f"trap:{self.kind}")
 
     def result(self) -> CallResult:
@@ -101,11 +101,6 @@ def _trap_kind(code: int | None, message: str) -> str:
 def _signed(err_code: int) -> str:
     """The guest's `err_code` is an i32 (docs/wasm-abi.md); it arrives as a u32."""
     return str(err_code - (1 << 32) if err_code >= 1 << 31 else err_code)
-
-
-def trap_reason(message: str) -> str:
-    """The "Caused by" part of a wasmtime trap message, on one line, without the backtrace."""
-    return one_line(message)
 
 
 class WasmInstance:
@@ -220,17 +215,15 @@ class WasmInstance:
         if self._fuel is not None:
             self._check(lib.wasmtime_context_set_fuel(context, self._fuel))
         ticker = self._ticker
-        _set_deadline(context, int(SETUP_TIMEOUT * ticker.ticks_per_second) + 1)
+        _set_deadline(context, ticker.ticks_for(SETUP_TIMEOUT))
         self._deadline_armed = True
         if self._fast is not None:
             self._fast.deadline_armed = 1  # the next call without a timeout disarms it
-        ticker.running_calls += 1
-        if ticker.sleeping:
-            ticker.wake()
+        ticker.call_started()
         try:
             error = _call_unchecked(context, self._func(export), slots, len(slots), trap)
         finally:
-            ticker.running_calls -= 1
+            ticker.call_finished()
         self._check(error)
         if trap[0] != _NULL:
             code, message = trap_details(trap[0])
@@ -357,14 +350,12 @@ class WasmInstance:
             input_ptr = meta_ptr + n_meta
             view[input_ptr:input_ptr + n_input] = input
             context = self._context
+            ticker = self._ticker
             if timeout is not None:
-                ticker = self._ticker
                 deadline_ns = _monotonic_ns() + int(timeout * 1e9)
-                _set_deadline(context, int(timeout * ticker.ticks_per_second) + 1)
+                _set_deadline(context, ticker.ticks_for(timeout))
                 self._deadline_armed = True
-                ticker.running_calls += 1
-                if ticker.sleeping:
-                    ticker.wake()
+                ticker.call_started()
             else:
                 deadline_ns = 0
                 if self._deadline_armed:
@@ -380,7 +371,7 @@ class WasmInstance:
                 error = _call_unchecked(context, func, self._slots, 1, trap)
             finally:
                 if timeout is not None:
-                    self._ticker.running_calls -= 1
+                    ticker.call_finished()
             if error or trap[0]:
                 return self._failed(error, function, timeout)
             status = self._status[0]
@@ -471,7 +462,7 @@ class WasmInstance:
             return CallFailure(True, f"{function!r} did not finish within {timeout} s "
                     "(guest interrupted)", "timeout")
         kind = _trap_kind(code, message)
-        return CallFailure(False, f"guest trapped in {function!r}: {trap_reason(message) or kind}",
+        return CallFailure(False, f"guest trapped in {function!r}: {one_line(message) or kind}",
                 f"trap:{kind}")
 
     def _replace(self) -> None:

@@ -23,7 +23,6 @@ class EpochTicker:
         self.shared = shared
         self._engine = engine
         self.tick = tick
-        self.ticks_per_second = 1.0 / tick
         # Guest calls in progress with a deadline. Callers bump it, then wake the ticker if
         # `sleeping`; the ticker sets `sleeping`, then re-checks it. Both under the GIL.
         self.running_calls = 0
@@ -37,8 +36,14 @@ class EpochTicker:
         # +1: the current tick may be almost over when the deadline is set.
         return max(1, int(seconds / self.tick) + 1)
 
-    def wake(self) -> None:
-        self._wake.set()
+    def call_started(self) -> None:
+        """A Python-side call with a deadline begins (native calls count in `shared`)."""
+        self.running_calls += 1
+        if self.sleeping:
+            self._wake.set()
+
+    def call_finished(self) -> None:
+        self.running_calls -= 1
 
     def _run(self) -> None:
         increment = self._lib.wasmtime_engine_increment_epoch
