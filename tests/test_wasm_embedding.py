@@ -427,3 +427,21 @@ def test_guest_now_is_the_monotonic_clock_in_nanoseconds(
             assert before <= value <= after
             readings.append(value)
         assert readings == sorted(readings)
+
+
+def test_the_pure_python_call_path_behaves_like_the_native_one() -> None:
+    # SPEAR_NO_NATIVE=1 (or a machine where the native helper cannot be built) takes the
+    # Python path; run the embedding and bad-guest suites on it in a child process.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", "not pure_python_call_path",
+         str(here / "test_wasm_embedding.py"), str(here / "test_wasm_bad_guests.py")],
+        env={**os.environ, "SPEAR_NO_NATIVE": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]

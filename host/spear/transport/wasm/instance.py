@@ -375,6 +375,8 @@ class WasmInstance:
             if error or trap[0]:
                 return self._failed(error, function, timeout)
             status = self._status[0]
+            # Host calls during the guest call may have grown memory and replaced the view.
+            view = self._view
             out_ptr, out_len, err_code = _RESPONSE_unpack_from(view, self._ctrl_response)
             end = out_ptr + out_len
             if end > self._size:
