@@ -112,9 +112,8 @@ class MemoryChannel(CommunicationChannel):
         ):
             result = self._instance.execute(function, data, timeout, request.metadata or None)
             elapsed = _perf_counter() - started
-            if elapsed > self._inline_threshold and self._dispatch == "auto":
-                self._inline.discard(function)
-                self._fast_streak[function] = 0
+            if elapsed > self._inline_threshold:
+                self._learn(function, elapsed)  # demote it to the thread
         else:
             result = await self._run_threaded(request, timeout)
             elapsed = _perf_counter() - started

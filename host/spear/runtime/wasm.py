@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,6 @@ class WasmRuntime(Runtime):
                           memory_limit: int | None, fuel: int | None) -> WasmModule:
         if isinstance(artifact, WasmModule):
             return artifact
-        import asyncio
-        import hashlib
-
         key_source = (artifact if isinstance(artifact, bytes)
                       else str(Path(artifact).resolve()).encode())
         key = (hashlib.sha256(key_source).hexdigest(), memory_limit, fuel)
