@@ -137,38 +137,6 @@ const wasm_externtype_t *wasm_exporttype_type(const wasm_exporttype_t *);
 uint8_t wasm_externtype_kind(const wasm_externtype_t *);
 void wasm_exporttype_vec_delete(wasm_exporttype_vec_t *);
 
-typedef struct { int64_t running; } spear_ticker_t;
-typedef struct {
-    const wasmtime_func_t *func;
-    const uint8_t *name;
-    uint32_t name_len;
-} spear_handler_t;
-typedef struct {
-    void *call_unchecked;
-    void *set_deadline;
-    void *memory_size;
-    wasmtime_context_t *context;
-    const wasmtime_memory_t *memory;
-    spear_ticker_t *ticker;
-    uint8_t *base;
-    uint64_t size;
-    uint64_t calls;
-    uint32_t ctrl;
-    uint32_t req_ptr, req_cap;
-    uint32_t deadline_armed;
-    uint64_t tick_ns;
-    int64_t slots[2];
-    wasm_trap_t *trap;
-    wasmtime_error_t *error;
-    uint32_t out_ptr, out_len, err_code;
-    int32_t status;
-} spear_fast_t;
-int64_t spear_call(spear_fast_t *f, const spear_handler_t *h,
-                   const uint8_t *input, uint32_t input_len, uint64_t timeout_ns);
-int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
-                        const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,
-                        const uint8_t *meta, uint32_t meta_len, uint32_t meta_count);
-
 void wasmtime_error_message(const wasmtime_error_t *, wasm_byte_vec_t *message);
 void wasmtime_error_delete(wasmtime_error_t *);
 wasm_trap_t *wasmtime_trap_new(const char *msg, size_t msg_len);

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spear.transport.wasm.capi import ffi, lib
+from spear.transport.wasm.native_call import native_ffi
 from spear.transport.wasm.ticker import EpochTicker
 
 DEFAULT_MAX_WASM_STACK = 512 * 1024
@@ -39,8 +40,14 @@ class Engine:
         self.ptr: Any = lib.wasm_engine_new_with_config(config)  # takes ownership of config
         if self.ptr == ffi.NULL:
             raise RuntimeError("wasmtime could not create an engine")
-        self.ticker_state: Any = ffi.new("spear_ticker_t *")
+        # Native calls count themselves here; the pure-Python path counts in the ticker.
+        self.ticker_state: Any = (native_ffi.new("spear_ticker_t *") if native_ffi is not None
+                                  else _NoNativeCalls())
         self.ticker = EpochTicker(lib, self.ptr, self.ticker_state)
+
+
+class _NoNativeCalls:
+    running = 0
 
 
 _engines: dict[EngineOptions, Engine] = {}

@@ -29,7 +29,7 @@ from spear.transport.wasm.capi import (
     trap_details,
 )
 from spear.transport.wasm.host_calls import GuestFault
-from spear.transport.wasm.native_call import FUNCTIONS, native
+from spear.transport.wasm.native_call import FUNCTIONS, from_native, native, native_ffi, to_native
 
 if TYPE_CHECKING:
     from spear.transport.wasm.module import WasmModule
@@ -121,7 +121,7 @@ class WasmInstance:
         self._slots = ffi.new("wasmtime_val_raw_t[1]")
         self._trap = ffi.new("wasm_trap_t **")
         self._status = ffi.cast("int32_t *", self._slots)  # the handler's i32 result
-        self._fast: Any = ffi.new("spear_fast_t *") if native is not None else None
+        self._fast: Any = native_ffi.new("spear_fast_t *") if native is not None else None
         self._fuel = module.fuel
         self._live = False
         self._store: Any = _NULL
@@ -156,8 +156,8 @@ class WasmInstance:
                 fast.call_unchecked = FUNCTIONS["call_unchecked"]
                 fast.set_deadline = FUNCTIONS["set_deadline"]
                 fast.memory_size = FUNCTIONS["memory_size"]
-                fast.context = context
-                fast.memory = self._memory
+                fast.context = to_native(context)
+                fast.memory = to_native(self._memory)
                 fast.deadline_armed = 0
                 fast.ticker = module.engine.ticker_state
                 fast.tick_ns = int(self._ticker.tick * 1e9)
@@ -259,7 +259,7 @@ class WasmInstance:
         self._size = size
         self._view = memoryview(ffi.buffer(base, size)) if size else memoryview(b"")
         if self._fast is not None:
-            self._fast.base = base
+            self._fast.base = native_ffi.cast("uint8_t *", to_native(base))
             self._fast.size = size
 
     def _read_request_buffer(self) -> None:
@@ -397,10 +397,11 @@ class WasmInstance:
         """Everything but plain success from the native call."""
         fast = self._fast
         if result == FAST_TRAPPED:
-            error, fast.error = fast.error, _NULL
+            error = from_native(fast.error, "wasmtime_error_t *") if fast.error else _NULL
+            fast.error = native_ffi.NULL
             if fast.trap:
-                self._trap[0] = fast.trap
-                fast.trap = _NULL
+                self._trap[0] = from_native(fast.trap, "wasm_trap_t *")
+                fast.trap = native_ffi.NULL
             return self._failed(error, function, timeout)
         if result == FAST_BAD_POINTER:
             return CallFailure(False, f"guest returned an output of {fast.out_len} bytes at "
@@ -444,9 +445,9 @@ class WasmInstance:
         native_handler = _NULL
         if self._fast is not None:
             # The C struct points at `name_buffer`; the entry keeps both alive together.
-            name_buffer = ffi.new("uint8_t[]", name)
-            native_handler = ffi.new("spear_handler_t *", {
-                "func": func, "name": name_buffer, "name_len": len(name)})
+            name_buffer = native_ffi.new("uint8_t[]", name)
+            native_handler = native_ffi.new("spear_handler_t *", {
+                "func": to_native(func), "name": name_buffer, "name_len": len(name)})
             self._keepalive.append(name_buffer)
         entry = self._handlers[function] = (func, name, len(name), native_handler)
         return entry

@@ -20,6 +20,8 @@ from spear.transport.wasm.capi import WASMTIME_VERSION
 
 log = logging.getLogger("spear.wasm.cache")
 
+_reported: set[Path] = set()  # directories already reported unusable: one log line each
+
 
 def default_cache_dir() -> Path | None:
     """$SPEAR_CACHE_DIR, else $XDG_CACHE_HOME/spear/modules; None if SPEAR_NO_MODULE_CACHE."""
@@ -48,12 +50,21 @@ class ModuleCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             info = self.directory.stat()
         except OSError as exc:
-            log.warning("module cache %s unusable: %s", self.directory, exc)
+            self._unusable(exc.strerror or str(exc))
             return False
         if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            log.warning("module cache %s is not private; not using it", self.directory)
+            self._unusable("it is not private to this user")
             return False
         return True
+
+    def _unusable(self, why: str) -> None:
+        assert self.directory is not None
+        if self.directory in _reported:
+            return
+        _reported.add(self.directory)
+        log.warning("compiled-module cache %s is unusable (%s): modules are compiled on every "
+                    "load; set SPEAR_CACHE_DIR to a private writable directory, or "
+                    "SPEAR_NO_MODULE_CACHE=1", self.directory, why)
 
     def load(self, path: Path) -> bytes | None:
         if not self._usable_dir():

@@ -1,76 +1,66 @@
-"""The optional native fast call: `native/fastcall.c`, compiled once with zig, cached.
+"""The native fast call: `native/fastcall.c`, compiled with the package, loaded from it.
 
 It moves the per-call work (copy in, fill the control block, enter the guest, check the
-output) into one C function, so a call crosses from Python to C once. Built on first use
-with the `ziglang` package (already a dependency for the guest SDK) into the user cache;
-when that is impossible (no zig, read-only cache, SPEAR_NO_NATIVE=1) spear falls back to the
-pure-Python path, which is slower but equivalent.
+output) into one C function, so a call crosses from Python to C once, through cffi's API
+mode (a direct C call, no libffi). The helper is built when the wheel or the editable install
+is built (`native/build_fastcall.py`, run by setup.py) and imported as an ordinary extension
+module of this package: nothing is compiled, written or loaded from anywhere else at run
+time. Where it was not built (an sdist installed without a C compiler), or with
+SPEAR_NO_NATIVE=1, calls take the pure-Python path, which is slower but equivalent.
+
+The helper has its own cffi `ffi`; wasmtime handles cross from capi's `ffi` as addresses
+(`to_native`, `from_native`), once per instance, never per call.
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import logging
 import os
-import platform
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from spear.transport.wasm.capi import ffi, lib, resolve_all
-from spear.transport.wasm.module_cache import default_cache_dir
+from spear.transport.wasm.capi import ffi, lib
 
 log = logging.getLogger("spear.wasm.native")
 
-SOURCE = Path(__file__).parent / "native" / "fastcall.c"
 
-
-def _native_dir() -> Path:
-    cache = default_cache_dir()
-    base = cache.parent if cache is not None else Path(tempfile.gettempdir()) / "spear"
-    return base / "native"
-
-
-def _build(target: Path) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".so")
-    os.close(fd)
-    try:
-        command = [sys.executable, "-m", "ziglang", "cc", "-shared", "-fPIC", "-O2",
-                   "-nostdlib", "-o", tmp, str(SOURCE)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip() or f"zig exited {done.returncode}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load() -> Any:
+def _load() -> tuple[Any, Any]:
     if os.environ.get("SPEAR_NO_NATIVE"):
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + platform.machine().encode() + sys.platform.encode())
-    target = _native_dir() / f"fastcall-{key.hexdigest()[:16]}.so"
+        log.info("SPEAR_NO_NATIVE is set: WASM calls take the pure-Python path")
+        return None, None
     try:
-        if not target.exists():
-            _build(target)
-        library = ffi.dlopen(str(target))
-        resolve_all(library)
-        return library
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        log.warning("native fast call unavailable, using the Python path: %s", exc)
-        return None
+        module = importlib.import_module("spear.transport.wasm._fastcall")
+    except ImportError as exc:
+        log.warning("the native fast-call helper was not built with this installation (%s); "
+                    "WASM calls take the slower pure-Python path", exc)
+        return None, None
+    return module.ffi, module.lib
 
 
-native: Any = _load()
+native_ffi, native = _load()
 
-# Addresses of the wasmtime functions the native code calls, as plain pointers.
+
+def active() -> bool:
+    """Whether WASM calls use the native helper (False: the pure-Python path)."""
+    return native is not None
+
+
+def to_native(pointer: Any) -> Any:
+    """A capi pointer as the helper's `void *`."""
+    return native_ffi.cast("void *", int(ffi.cast("uintptr_t", pointer)))
+
+
+def from_native(pointer: Any, ctype: str) -> Any:
+    """A `void *` the helper holds, as a capi pointer of `ctype`."""
+    return ffi.cast(ctype, int(native_ffi.cast("uintptr_t", pointer)))
+
+
+# Addresses of the wasmtime functions the native code calls.
 FUNCTIONS = {
-    "call_unchecked": ffi.cast("void *", ffi.addressof(lib, "wasmtime_func_call_unchecked")),
-    "set_deadline": ffi.cast("void *", ffi.addressof(lib, "wasmtime_context_set_epoch_deadline")),
-    "memory_size": ffi.cast("void *", ffi.addressof(lib, "wasmtime_memory_data_size")),
-}
+    name: to_native(ffi.addressof(lib, symbol))
+    for name, symbol in (
+        ("call_unchecked", "wasmtime_func_call_unchecked"),
+        ("set_deadline", "wasmtime_context_set_epoch_deadline"),
+        ("memory_size", "wasmtime_memory_data_size"),
+    )
+} if native is not None else {}

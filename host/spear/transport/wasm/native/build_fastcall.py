@@ -1,0 +1,27 @@
+"""Build recipe of the native fast-call helper: a cffi extension in API mode.
+
+Run by setup.py when a wheel or an editable install is built, with the build machine's C
+compiler; the result ships inside the package as `spear.transport.wasm._fastcall`. Nothing
+is compiled at import or at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cffi
+
+HERE = Path(__file__).resolve().parent
+MODULE = "spear.transport.wasm._fastcall"
+
+
+def make_builder() -> cffi.FFI:
+    builder = cffi.FFI()
+    builder.cdef((HERE / "fastcall.h").read_text())
+    builder.set_source(
+        MODULE,
+        '#include "fastcall.c"',
+        include_dirs=[str(HERE)],
+        extra_compile_args=["-O2"],
+    )
+    return builder
