@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from spear._version import __version__
 from spear.channel.base import CommunicationChannel
 from spear.config import ChannelConfig
 from spear.errors import (
@@ -112,4 +113,5 @@ __all__ = [
     "UnsupportedRuntime",
     "UnsupportedTransport",
     "WasmRuntime",
+    "__version__",
 ]

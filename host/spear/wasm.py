@@ -10,6 +10,7 @@ from pathlib import Path
 
 from spear.transport.wasm.instance import WasmInstance
 from spear.transport.wasm.module import DEFAULT_MEMORY_LIMIT, WasmModule
+from spear.transport.wasm.native_call import active as native_active
 
 
 def load(
@@ -26,4 +27,4 @@ def load(
     return WasmModule.load(source, memory_limit=memory_limit, fuel=fuel)
 
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "WasmInstance", "WasmModule", "load"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "WasmInstance", "WasmModule", "load", "native_active"]
