@@ -16,7 +16,7 @@ bench *ARGS: fixtures
 
 # ruff and mypy
 lint:
-    {{python}} -m ruff check host guest_sdk tests bench
+    {{python}} -m ruff check host guest_sdk tests bench setup.py build_support
     {{python}} -m mypy
 
 # regenerate gRPC code from the .proto files (the generated code is committed)
