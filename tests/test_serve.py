@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -126,17 +127,22 @@ def post(server: ServeProcess, name: str, body: bytes, *, query: str = "",
                                      data=body, headers=headers or {}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), _headers(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), _headers(exc.headers)
+
+
+def _headers(message: Any) -> dict[str, str]:
+    """Header names as HTTP has them: case-insensitive (uvicorn sends them lower-case)."""
+    return {key.title(): value for key, value in message.items()}
 
 
 def get(server: ServeProcess, path: str) -> tuple[int, bytes, dict[str, str]]:
     try:
         with urllib.request.urlopen(f"http://{server.http}{path}", timeout=10) as response:
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), _headers(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), _headers(exc.headers)
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -274,18 +280,32 @@ def test_spear_invoke_over_grpc_and_http(server: ServeProcess) -> None:
 # -- the embedded default -----------------------------------------------------------------------
 
 
-def test_serve_without_config_runs_the_built_in_demo(tmp_path: Path) -> None:
+def test_serve_without_config_serves_the_prebuilt_demo_and_compiles_nothing(
+    tmp_path: Path, wasm_fixture: Callable[[str], Path]
+) -> None:
+    wasm_fixture("echo"), wasm_fixture("multi")  # `just fixtures` has built them
     process = ServeProcess("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-                           env={"XDG_CACHE_HOME": str(tmp_path)})
+                           env={"XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)})
     process.start()
     try:
         banner = "".join(process.output)
         assert "curl" in banner and "spear invoke echo" in banner
+        assert "wasm_fixtures/build" in banner
         assert post(process, "echo", b"demo")[:2] == (200, b"demo")
         assert post(process, "upper", b"demo")[:2] == (200, b"DEMO")
-        assert any((tmp_path / "spear" / "serve-demo").glob("*.wasm"))
+        assert list(tmp_path.iterdir()) == []  # nothing built or cached at run time
     finally:
         assert process.stop() == 0
+
+
+def test_the_demo_without_prebuilt_guests_is_one_clear_line(tmp_path: Path) -> None:
+    from spear.errors import InvalidConfiguration
+    from spear.invocation.serve_config import demo_config
+
+    with pytest.raises(InvalidConfiguration) as refused:
+        demo_config(build_dirs=[tmp_path / "wasm_fixtures" / "build"])
+    message = str(refused.value)
+    assert "just fixtures" in message and "--config" in message and "\n" not in message
 
 
 def test_a_bad_config_is_one_clear_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeType
+from spear.invocation.request_limits import MAX_TIMEOUT_S
 
 Balancing = Literal["round_robin", "weighted", "least_outstanding"]
 BALANCING_NAMES: tuple[str, ...] = ("round_robin", "weighted", "least_outstanding")
@@ -38,11 +39,15 @@ class Limits:
     fuel: int | None = None
 
     def __post_init__(self) -> None:
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise InvalidConfiguration(f"limits.timeout_s must be positive, got {self.timeout_s}")
+        timeout = self.timeout_s
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float)
+                                    or not 0 < timeout <= MAX_TIMEOUT_S):  # NaN fails too
+            raise InvalidConfiguration(
+                f"limits.timeout_s must be seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout!r}")
         for name in ("max_input_bytes", "max_message_size", "memory_bytes", "fuel"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (not _is_int(value) or value <= 0):
                 raise InvalidConfiguration(f"limits.{name} must be a positive int, got {value!r}")
 
 
@@ -89,6 +94,35 @@ class FunctionSpec:
     tls: object | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name \
+                or not self.name.isprintable():
+            raise InvalidConfiguration(
+                f"function name must be a non-empty printable string without '/': "
+                f"{self.name!r}"
+            )
+        for key in ("min_instances", "max_instances", "queue_limit"):
+            if not _is_int(getattr(self, key)):
+                raise InvalidConfiguration(
+                    f"function {self.name!r}: {key} must be an int, got "
+                    f"{getattr(self, key)!r}")
+        if self.concurrency_per_instance is not None \
+                and not _is_int(self.concurrency_per_instance):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: concurrency_per_instance must be an int")
+        if not isinstance(self.limits, Limits):
+            raise InvalidConfiguration(f"function {self.name!r}: limits must be a Limits")
+        scale_in = self.scale_in_after_s
+        if isinstance(scale_in, bool) or not isinstance(scale_in, int | float) \
+                or not 0 < scale_in <= MAX_TIMEOUT_S:
+            raise InvalidConfiguration(
+                f"function {self.name!r}: scale_in_after_s must be seconds > 0, got {scale_in!r}")
+        if self.command is not None and (
+                isinstance(self.command, str | bytes)
+                or not all(isinstance(arg, str) for arg in self.command)):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: command must be a list of strings (arguments), "
+                f"not {type(self.command).__name__}"
+            )
         if not self.name or "/" in self.name:
             raise InvalidConfiguration(
                 f"function name must be non-empty and without '/': {self.name!r}"
@@ -140,10 +174,8 @@ class FunctionSpec:
             )
         if self.queue_limit < 0:
             raise InvalidConfiguration(f"function {self.name!r}: queue_limit must be >= 0")
-        if any(w < 1 for w in self.weights):
+        if any(not _is_int(w) or w < 1 for w in self.weights):
             raise InvalidConfiguration(f"function {self.name!r}: weights must be >= 1")
-        if self.scale_in_after_s <= 0:
-            raise InvalidConfiguration(f"function {self.name!r}: scale_in_after_s must be > 0")
 
     @property
     def capacity(self) -> int:
@@ -158,3 +190,7 @@ class FunctionSpec:
 
     def weight(self, index: int) -> int:
         return self.weights[index] if index < len(self.weights) else 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

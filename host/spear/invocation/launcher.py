@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spear.config import ChannelConfig
+from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.invocation.function_spec import FunctionSpec
 from spear.runtime.base import Runtime, RuntimeInstance
@@ -71,7 +72,14 @@ class Launcher:
                 options["token"] = spec.token
             if spec.tls is not None:
                 options["tls"] = spec.tls
-        return await runtime.start_instance(instance_id, **options)
+        instance = await runtime.start_instance(instance_id, **options)
+        if spec.runtime is RuntimeType.WASM:
+            try:
+                check_wasm_handler(spec, instance)
+            except InvalidConfiguration:
+                await runtime.stop_instance(instance)
+                raise
+        return instance
 
     async def stop(self, instance: RuntimeInstance) -> None:
         await self.runtime(instance.instance_id.runtime_type).stop_instance(instance)
@@ -80,6 +88,20 @@ class Launcher:
         owned, self._owned = self._owned, []
         for runtime in owned:
             await runtime.close()
+
+
+def check_wasm_handler(spec: FunctionSpec, instance: RuntimeInstance) -> None:
+    """A WASM function must name a handler its module exports (or the module must dispatch
+    by name itself): refused at deploy, not on every request."""
+    module = getattr(instance, "module", None)
+    handlers = getattr(module, "handlers", None)
+    if handlers is None or getattr(module, "has_dispatch", False):
+        return
+    if spec.handler_name not in handlers:
+        shown = ", ".join(handlers) or "none"
+        raise InvalidConfiguration(
+            f"function {spec.name!r}: the module exports no handler {spec.handler_name!r} "
+            f"(its handlers: {shown}); set handler = one of them")
 
 
 def _channel_config(spec: FunctionSpec) -> ChannelConfig:
