@@ -178,13 +178,10 @@ class SpearAsgiApp:
             body: bytes = message["body"]
             if message.get("more_body"):
                 # Several pieces (a large or chunked body): gather them within the limits.
-                chunks = bytearray(body)
+                chunks = bytearray()
                 limit = self.max_body_bytes
+                piece = body
                 while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return
-                    piece: bytes = message["body"]
                     if len(chunks) + len(piece) > limit:
                         await self._refuse(send, _too_large_chunked(limit), name, request_id,
                                            scope, close=True, started=started)
@@ -200,6 +197,10 @@ class SpearAsgiApp:
                         reserved += grow
                     if not message.get("more_body"):
                         break
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    piece = message["body"]
                 body = bytes(chunks)
             await self._run(send, scope, name, body, timeout, metadata, request_id, started)
         finally:

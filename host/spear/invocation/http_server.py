@@ -7,8 +7,9 @@ body), keep-alive, HEAD, and `limit_concurrency`. Two things they leave open are
 by a small subclass of uvicorn's httptools protocol:
 
 - the size of a request head: httptools gathers a header of any length in memory, so the
-  bytes fed to the parser while a head is incomplete are counted (`max_head_bytes`, and at
-  most `max_headers` headers): over the limit the answer is 431 and the connection closes;
+  bytes fed to the parser while a head is incomplete are counted, and so are the parts it
+  reports (`max_head_bytes`, and at most `max_headers` headers): over the limit the answer
+  is 431 and the connection closes;
 - time: a head must arrive within `head_timeout_s` of its first byte (or of the connection),
   a body within `body_timeout_s` of its head; otherwise 408 and close. A sweep checks every
   connection each `SWEEP_INTERVAL_S`, so a request costs two timestamps, not a timer.
@@ -62,7 +63,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes fed while a head is incomplete (spans reads)
+        self._head_parsed = 0  # the head's parts as the parser reports them
         self._header_count = 0
         self._head_since: float | None = self.loop.time()
         self._body_since: float | None = None
@@ -94,13 +96,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._head_parsed = 0
         self._header_count = 0
         if self._head_since is None:
             self._head_since = self.loop.time()
 
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        if self._head_parsed > self.limits.max_head_bytes:
+            raise _HeadTooLarge
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count > self.limits.max_headers:
+        self._head_parsed += len(name) + len(value) + 4
+        if self._header_count > self.limits.max_headers \
+                or self._head_parsed > self.limits.max_head_bytes:
             raise _HeadTooLarge
         super().on_header(name, value)
 
