@@ -185,7 +185,7 @@ async def test_bodies_in_flight_share_one_byte_budget(server: FunctionServer) ->
     writers = []
     try:
         for _ in range(3):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /functions/echo/invoke HTTP/1.1\r\nHost: t\r\n"
                          b"Content-Length: 60000\r\n\r\nxx")
             writers.append(writer)

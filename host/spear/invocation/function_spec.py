@@ -89,6 +89,9 @@ class FunctionSpec:
     weights: Sequence[int] = ()
     tcp_ports: Sequence[int] = ()
     scale_in_after_s: float = 30.0
+    # WASM: where calls run (the memory channel's `dispatch`): "auto" learns per handler,
+    # "inline" runs every call on the event loop (short handlers only), "thread" never does.
+    dispatch: Literal["auto", "inline", "thread"] = "auto"
     # Kubernetes: the pod workers' shared token and TLS settings (never shown in reprs).
     token: str | None = field(default=None, repr=False)
     tls: object | None = None
@@ -174,6 +177,10 @@ class FunctionSpec:
             )
         if self.queue_limit < 0:
             raise InvalidConfiguration(f"function {self.name!r}: queue_limit must be >= 0")
+        if self.dispatch not in ("auto", "inline", "thread"):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: dispatch must be auto, inline or thread, "
+                f"got {self.dispatch!r}")
         if any(not _is_int(w) or w < 1 for w in self.weights):
             raise InvalidConfiguration(f"function {self.name!r}: weights must be >= 1")
 

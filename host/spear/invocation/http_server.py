@@ -195,7 +195,7 @@ class HttpServer:
                            ssl_cert_reqs=ssl.CERT_REQUIRED)
         config = uvicorn.Config(
             self.app, http=protocol_class(limits), ws="none", lifespan="off",
-            log_config=None, access_log=False, server_header=False,
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
             limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
             timeout_graceful_shutdown=1, **tls)
         try:

@@ -111,4 +111,6 @@ def _channel_config(spec: FunctionSpec) -> ChannelConfig:
         changes["request_timeout_ms"] = int(limits.timeout_s * 1000)
     if limits.max_message_size is not None:
         changes["max_message_size"] = limits.max_message_size
+    if spec.runtime is RuntimeType.WASM and spec.dispatch != "auto":
+        changes["extra"] = {"dispatch": spec.dispatch}
     return ChannelConfig(**changes)

@@ -110,6 +110,7 @@ class WasmFunction(_FunctionBase):
     runtime: Literal["wasm"]
     artifact: str
     handler: Annotated[str, Field(min_length=1)] | None = None
+    dispatch: Literal["auto", "inline", "thread"] = "auto"
 
 
 class ProcessFunction(_FunctionBase):
@@ -240,7 +241,7 @@ def _function_spec(entry: _FunctionBase, config: ServeConfig) -> FunctionSpec:
     if isinstance(entry, WasmFunction):
         return FunctionSpec(entry.name, RuntimeType.WASM,
                             artifact=config.resolve(entry.artifact), handler=entry.handler,
-                            **common)
+                            dispatch=entry.dispatch, **common)
     if isinstance(entry, ProcessFunction):
         return FunctionSpec(entry.name, RuntimeType.PROCESS, command=tuple(entry.command),
                             env=dict(entry.env) or None,

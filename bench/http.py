@@ -1,0 +1,158 @@
+"""`spear serve` over HTTP with wrk, against what a user would build instead and against the
+floor of Python HTTP, in the same run:
+
+- FastAPI + uvicorn (httptools, uvloop) + the Extism SDK calling an echo plugin (anchor 1;
+  target: spear at least 5x its throughput);
+- a bare ASGI echo on uvicorn with httptools and uvloop (anchor 2; target: at least 0.7x);
+- `spear serve` (WASM echo, access log off as in the anchors) with the same 64 B POST, once
+  as configured by default (`dispatch = "auto"`: the memory channel learns per handler
+  whether it may run on the event loop) and once with `dispatch = "inline"` (what the front
+  door itself costs, with the guest called on the loop).
+
+wrk (Debian's `wrk` package) drives each for a few seconds with 32 connections; the three
+take turns, round after round, and each row is the median. Rows are skipped with a note when
+wrk is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.table import Row
+
+SECTION = "http"
+CONNECTIONS = 32
+PAYLOAD = b"x" * 64
+ROOT = Path(__file__).resolve().parent.parent
+PATH = "/functions/echo/invoke"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start listening")
+
+
+@contextmanager
+def _servers(workdir: Path) -> Iterator[dict[str, int]]:
+    echo = ROOT / "wasm_fixtures" / "build" / "echo.wasm"
+    ports = {name: _free_port() for name in ("spear", "spear-inline", "fastapi", "bare")}
+    for name, dispatch in (("spear", "auto"), ("spear-inline", "inline")):
+        (workdir / f"{name}.toml").write_text(f"""
+[server]
+http = "127.0.0.1:{ports[name]}"
+grpc = false
+
+[[functions]]
+name = "echo"
+runtime = "wasm"
+artifact = "{echo}"
+dispatch = "{dispatch}"
+""")
+    uvicorn = [sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
+               "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1"]
+    commands = {
+        "spear": [sys.executable, "-m", "spear.cli.main", "serve", "--config",
+                  str(workdir / "spear.toml")],
+        "spear-inline": [sys.executable, "-m", "spear.cli.main", "serve", "--config",
+                         str(workdir / "spear-inline.toml")],
+        "fastapi": [*uvicorn, "--port", str(ports["fastapi"]), "--factory",
+                    "bench.http_apps:fastapi_extism"],
+        "bare": [*uvicorn, "--port", str(ports["bare"]), "bench.http_apps:bare_echo"],
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, command in commands.items():
+            procs[name] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+        for name, proc in procs.items():
+            _wait_listening(ports[name], proc, name)
+        yield ports
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wrk(port: int, seconds: float, script: Path) -> float:
+    """Requests per second, as wrk reports them."""
+    done = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", str(script),
+         f"http://127.0.0.1:{port}{PATH}"],
+        capture_output=True, text=True, timeout=seconds + 60, check=True)
+    errors = [line for line in done.stdout.splitlines()
+              if "Non-2xx" in line or "Socket errors" in line]
+    if errors:
+        raise RuntimeError(f"wrk saw errors on port {port}: {errors}")
+    for line in done.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"no Requests/sec in wrk's output:\n{done.stdout}")
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    if shutil.which("wrk") is None:
+        return [Row(SECTION, "skipped: wrk is not installed (apt-get install wrk)", 0.0)]
+    seconds = 2.0 if args.quick else 4.0
+    rounds = 2 if args.quick else 5
+    samples: dict[str, list[float]] = {"spear": [], "spear-inline": [], "fastapi": [],
+                                       "bare": []}
+    with tempfile.TemporaryDirectory(prefix="spear-bench-http-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = "{PAYLOAD.decode()}"\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        with _servers(workdir) as ports:
+            for port in ports.values():  # warm up (JIT-free, but caches and pools)
+                _wrk(port, 1.0, script)
+            order = list(samples)
+            for round_no in range(rounds):
+                for name in order if round_no % 2 == 0 else reversed(order):
+                    samples[name].append(_wrk(ports[name], seconds, script))
+    rps = {name: statistics.median(values) for name, values in samples.items()}
+    fastapi_name = "FastAPI + uvicorn + Extism SDK, 64 B POST (anchor)"
+    bare_name = "bare ASGI echo on uvicorn httptools+uvloop, 64 B POST (anchor)"
+    note = f"{CONNECTIONS} connections, wrk; ratio = throughput multiple"
+    rows = [
+        Row(SECTION, fastapi_name, 1e6 / rps["fastapi"],
+            note=f"{rps['fastapi']:,.0f} req/s"),
+        Row(SECTION, bare_name, 1e6 / rps["bare"], note=f"{rps['bare']:,.0f} req/s"),
+    ]
+    for name, label in (("spear", 'spear serve, WASM echo, dispatch "auto" (default)'),
+                        ("spear-inline", 'spear serve, WASM echo, dispatch "inline"')):
+        vs_fastapi = rps[name] / rps["fastapi"]
+        vs_bare = rps[name] / rps["bare"]
+        rows.append(Row(SECTION, f"{label} ({rps[name]:,.0f} req/s; {note})", 1e6 / rps[name],
+                        fastapi_name, vs_fastapi, ">= 5x throughput", vs_fastapi >= 5.0))
+        rows.append(Row(SECTION, f"{label} vs the bare echo", 1e6 / rps[name], bare_name,
+                        vs_bare, ">= 0.7x throughput", vs_bare >= 0.7))
+    return rows
