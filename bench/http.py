@@ -9,14 +9,17 @@ floor of Python HTTP, in the same run:
   whether it may run on the event loop) and once with `dispatch = "inline"` (what the front
   door itself costs, with the guest called on the loop).
 
-wrk (Debian's `wrk` package) drives each for a few seconds with 32 connections; the three
-take turns, round after round, and each row is the median. Rows are skipped with a note when
-wrk is not installed.
+wrk (Debian's `wrk` package) drives each for a few seconds with 32 connections; they take
+turns, round after round, and each row is the median. On a machine with two or more cores
+the servers are pinned to one core and wrk to another (`taskset`), so each server has the
+same whole core and wrk does not compete with it. Rows are skipped with a note when wrk is
+not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -35,6 +38,13 @@ CONNECTIONS = 32
 PAYLOAD = b"x" * 64
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/functions/echo/invoke"
+
+
+def _pinned(core: int) -> list[str]:
+    """`taskset -c CORE` when there is a core to spare for wrk, else nothing."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(core)]
+    return []
 
 
 def _free_port() -> int:
@@ -86,7 +96,8 @@ dispatch = "{dispatch}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, command in commands.items():
-            procs[name] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+            procs[name] = subprocess.Popen([*_pinned(1), *command], cwd=ROOT,
+                                           stdout=subprocess.DEVNULL)
         for name, proc in procs.items():
             _wait_listening(ports[name], proc, name)
         yield ports
@@ -104,7 +115,7 @@ dispatch = "{dispatch}"
 def _wrk(port: int, seconds: float, script: Path) -> float:
     """Requests per second, as wrk reports them."""
     done = subprocess.run(
-        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", str(script),
+        [*_pinned(0), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-s", str(script),
          f"http://127.0.0.1:{port}{PATH}"],
         capture_output=True, text=True, timeout=seconds + 60, check=True)
     errors = [line for line in done.stdout.splitlines()
