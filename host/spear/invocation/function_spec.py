@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeType
@@ -52,6 +52,30 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A Kubernetes function's pods, found by the DNS name of their headless Service (one A
+    record per ready pod): `dns_name` (e.g. `echo.default.svc.cluster.local`), each pod's
+    gRPC `port` and optional TCP fallback `tcp_port`, re-resolved every `interval_s`.
+    `resolver(name, port) -> addresses` replaces the system resolver (tests, odd setups)."""
+
+    dns_name: str
+    port: int = 50051
+    tcp_port: int | None = None
+    interval_s: float = 5.0
+    resolver: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.dns_name or not isinstance(self.dns_name, str):
+            raise InvalidConfiguration("service needs a DNS name")
+        for key in ("port", "tcp_port"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or not 0 < value < 65536):
+                raise InvalidConfiguration(f"service {key} must be a port number, got {value!r}")
+        if not isinstance(self.interval_s, int | float) or not 0 < self.interval_s <= 3600:
+            raise InvalidConfiguration("service interval_s must be seconds in (0, 3600]")
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """A function to deploy on a `Spearlet`.
 
@@ -60,7 +84,9 @@ class FunctionSpec:
     - Process: `command` starts one worker (e.g. `["python", "-m", "spear.worker", "m:f"]`).
     - Kubernetes: `endpoints` lists the pod workers' gRPC addresses (`HOST:PORT`); instance
       *i* talks to endpoint *i*, so `max_instances` is at most the number of endpoints.
-      `tcp_ports` (optional, same order) names each pod's TCP fallback port.
+      `tcp_ports` (optional, same order) names each pod's TCP fallback port. Or `service`
+      (a `ServiceRef`): the pods behind a headless Service, one instance per ready pod,
+      following them as they come and go (`min_instances`/`max_instances` do not apply).
 
     Scaling: `min_instances` start at deploy; while every instance is at
     `concurrency_per_instance`, requests queue (at most `queue_limit`, then `QueueFull`) and
@@ -92,6 +118,8 @@ class FunctionSpec:
     # WASM: where calls run (the memory channel's `dispatch`): "auto" learns per handler,
     # "inline" runs every call on the event loop (short handlers only), "thread" never does.
     dispatch: Literal["auto", "inline", "thread"] = "auto"
+    # Kubernetes by Service name instead of `endpoints`: instances follow the ready pods.
+    service: ServiceRef | None = None
     # Kubernetes: the pod workers' shared token and TLS settings (never shown in reprs).
     token: str | None = field(default=None, repr=False)
     tls: object | None = None
@@ -141,7 +169,7 @@ class FunctionSpec:
         need = {
             RuntimeType.WASM: ("artifact", self.artifact),
             RuntimeType.PROCESS: ("command", self.command),
-            RuntimeType.KUBERNETES: ("endpoints", self.endpoints),
+            RuntimeType.KUBERNETES: ("endpoints or service", self.endpoints or self.service),
         }[self.runtime]
         if not need[1]:
             raise InvalidConfiguration(
@@ -151,6 +179,11 @@ class FunctionSpec:
             raise InvalidConfiguration(
                 f"function {self.name!r}: command must be a list of arguments, not a string"
             )
+        if self.service is not None and (self.runtime is not RuntimeType.KUBERNETES
+                                         or self.endpoints):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: service is for Kubernetes functions, instead of "
+                "endpoints")
         if self.min_instances < 0 or self.max_instances < 1:
             raise InvalidConfiguration(
                 f"function {self.name!r}: need min_instances >= 0 and max_instances >= 1"

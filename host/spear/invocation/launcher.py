@@ -7,7 +7,7 @@ and closes the ones it created; runtimes passed in by the caller stay the caller
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.invocation.function_spec import FunctionSpec
 from spear.runtime.base import Runtime, RuntimeInstance
+from spear.runtime.discovery import Endpoint
 
 _RUNTIME_CLASSES: dict[RuntimeType, str] = {
     RuntimeType.WASM: "spear.runtime.wasm:WasmRuntime",
@@ -32,6 +33,15 @@ class Launcher:
         self._runtimes: dict[RuntimeType, Runtime] = dict(runtimes or {})
         self._owned: list[Runtime] = []
         self.namespace = namespace
+        # Kubernetes functions by Service name: which pod the next instance dials.
+        self._endpoint_sources: dict[str, Callable[[], Endpoint]] = {}
+
+    def follow_endpoints(self, function: str, source: Callable[[], Endpoint] | None) -> None:
+        """Let `source()` choose the pod endpoint of `function`'s next instance."""
+        if source is None:
+            self._endpoint_sources.pop(function, None)
+        else:
+            self._endpoint_sources[function] = source
 
     def runtime(self, runtime_type: RuntimeType) -> Runtime:
         runtime = self._runtimes.get(runtime_type)
@@ -62,12 +72,16 @@ class Launcher:
             if spec.cwd is not None:
                 options["cwd"] = str(Path(spec.cwd))
         else:
-            endpoints = list(spec.endpoints or ())
-            extra = dict(config.extra)
-            if index < len(spec.tcp_ports):
-                extra["tcp_port"] = str(spec.tcp_ports[index])
-            options["config"] = config.with_changes(
-                address=endpoints[index % len(endpoints)], extra=extra)
+            source = self._endpoint_sources.get(spec.name)
+            if spec.service is not None and source is not None:
+                options["config"] = source().channel_config(config)
+            else:
+                endpoints = list(spec.endpoints or ())
+                extra = dict(config.extra)
+                if index < len(spec.tcp_ports):
+                    extra["tcp_port"] = str(spec.tcp_ports[index])
+                options["config"] = config.with_changes(
+                    address=endpoints[index % len(endpoints)], extra=extra)
             if spec.token is not None:
                 options["token"] = spec.token
             if spec.tls is not None:

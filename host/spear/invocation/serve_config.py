@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeType
-from spear.invocation.function_spec import FunctionSpec, Limits
+from spear.invocation.function_spec import FunctionSpec, Limits, ServiceRef
 from spear.invocation.request_limits import MAX_TIMEOUT_S
 
 DEFAULT_HTTP = "127.0.0.1:8080"
@@ -127,9 +127,28 @@ class PodTls(_Strict):
     server_name: str | None = None
 
 
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ServiceSection(_Strict):
+    """A headless Service whose ready pods serve the function."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
+    namespace: Annotated[str, Field(min_length=1, max_length=63)] = "default"
+    cluster_domain: str = "cluster.local"
+    dns_name: str | None = None  # overrides NAME.NAMESPACE.svc.CLUSTER_DOMAIN
+    port: Annotated[int, Field(gt=0, le=65535)] = 50051
+    tcp_port: Annotated[int, Field(gt=0, le=65535)] | None = None
+    interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 5.0
+
+    def resolved_name(self) -> str:
+        return self.dns_name or f"{self.name}.{self.namespace}.svc.{self.cluster_domain}"
+
+
 class KubernetesFunction(_FunctionBase):
     runtime: Literal["kubernetes"]
-    endpoints: Annotated[list[str], Field(min_length=1)]
+    endpoints: Annotated[list[str], Field(min_length=1)] | None = None
+    service: ServiceSection | None = None
     tcp_ports: list[Annotated[int, Field(gt=0, le=65535)]] = []
     token_file: str | None = None
     token_env: str | None = None
@@ -254,9 +273,19 @@ def _function_spec(entry: _FunctionBase, config: ServeConfig) -> FunctionSpec:
         tls = TlsConfig(**{key: (config.resolve(value) if key.endswith("_file") and value
                                  else value)
                            for key, value in entry.tls.model_dump().items()})
-    return FunctionSpec(entry.name, RuntimeType.KUBERNETES, endpoints=tuple(entry.endpoints),
-                        tcp_ports=tuple(entry.tcp_ports), token=_pod_token(entry, config),
-                        tls=tls, **common)
+    if (entry.endpoints is None) == (entry.service is None):
+        raise InvalidConfiguration("a Kubernetes function needs endpoints or service "
+                                   "(one of them)")
+    service = None
+    if entry.service is not None:
+        section = entry.service
+        service = ServiceRef(section.resolved_name(), section.port, section.tcp_port,
+                             section.interval_s)
+        common.update(min_instances=0, max_instances=max(entry.max_instances, 1))
+    return FunctionSpec(entry.name, RuntimeType.KUBERNETES,
+                        endpoints=tuple(entry.endpoints) if entry.endpoints else None,
+                        service=service, tcp_ports=tuple(entry.tcp_ports),
+                        token=_pod_token(entry, config), tls=tls, **common)
 
 
 def _pod_token(entry: KubernetesFunction, config: ServeConfig) -> str | None:
@@ -287,7 +316,7 @@ _RUNTIMES = {"wasm", "process", "kubernetes"}
 def _known_keys() -> set[str]:
     keys: set[str] = set()
     for model in (ConfigFile, ServerSection, ServerTls, ServerAuth, LimitsSection,
-                  WasmFunction, ProcessFunction, KubernetesFunction, PodTls):
+                  WasmFunction, ProcessFunction, KubernetesFunction, PodTls, ServiceSection):
         keys.update(model.model_fields)
     return keys
 

@@ -29,6 +29,7 @@ from spear.invocation.executions import AsyncExecutions, ExecutionState
 from spear.invocation.function_spec import FunctionSpec
 from spear.invocation.launcher import Launcher
 from spear.invocation.metrics import LATENCY_BOUNDS_MS, InvocationCollector
+from spear.invocation.pod_follower import PodFollower
 from spear.invocation.pool import InstancePool, Slot
 from spear.invocation.request_limits import MAX_TIMEOUT_S, describe_bad_timeout
 from spear.messages import Error, ExecutionRequest, ExecutionResponse, ExecutionStatus
@@ -62,6 +63,7 @@ class Spearlet:
     ) -> None:
         self._launcher = Launcher(runtimes, namespace=namespace)
         self._pools: dict[str, InstancePool] = {}
+        self._followers: dict[str, PodFollower] = {}  # Kubernetes functions by Service name
         self._ids = itertools.count(1)
         self._executions = AsyncExecutions(ttl_s=result_ttl_s, max_kept=max_results)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -87,6 +89,8 @@ class Spearlet:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
         await self._executions.close()
+        for name in list(self._followers):
+            await self._stop_following(name)
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
         await self._launcher.close()
@@ -107,9 +111,16 @@ class Spearlet:
                             namespace=self._launcher.namespace)
         self._pools[spec.name] = pool
         try:
-            await pool.start(spec.min_instances)
+            if spec.service is not None:
+                follower = PodFollower(pool, spec.service)
+                self._launcher.follow_endpoints(spec.name, follower.take_endpoint)
+                self._followers[spec.name] = follower
+                await follower.start()
+            else:
+                await pool.start(spec.min_instances)
         except BaseException:
             self._pools.pop(spec.name, None)
+            await self._stop_following(spec.name)
             await pool.close(grace=0)
             raise
         log.info("deployed", extra={"function": spec.name, "runtime": spec.runtime.value,
@@ -124,8 +135,15 @@ class Spearlet:
         pool = self._pools.pop(name, None)
         if pool is None:
             raise FunctionNotFound(f"no function {name!r} is deployed")
+        await self._stop_following(name)
         await pool.close(grace=grace)
         log.info("undeployed", extra={"function": name, "event": "undeployed"})
+
+    async def _stop_following(self, name: str) -> None:
+        follower = self._followers.pop(name, None)
+        if follower is not None:
+            await follower.close()
+        self._launcher.follow_endpoints(name, None)
 
     async def scale(self, name: str, instances: int) -> None:
         """Run exactly `instances` instances now; scale-in will not go below it."""
