@@ -106,7 +106,7 @@ def test_the_config_names_the_service() -> None:
     with pytest.raises(InvalidConfiguration, match="endpoints or service"):
         parse_config({"functions": [{"name": "t", "runtime": "kubernetes"}]},
                      base_dir=Path("/"), source="x")
-    with pytest.raises(InvalidConfiguration, match="service.name"):
+    with pytest.raises(InvalidConfiguration, match=r"service\.name"):
         parse_config({"functions": [{"name": "t", "runtime": "kubernetes",
                                      "service": {"name": "Not_A_Label"}}]},
                      base_dir=Path("/"), source="x")

@@ -72,8 +72,8 @@ _perf_counter = time.perf_counter
 
 class SpearAsgiApp:
     """The ASGI callable. `draining` makes `/healthz` answer 503 and refuses new invocations
-    (503, `Connection: close`); `in_flight` counts invocations running now, and `idle` is set
-    whenever it drops to zero, so a server can wait for them to finish."""
+    (503, `Connection: close`); `in_flight` counts invocations running now, so a server can
+    wait for them to finish."""
 
     def __init__(
         self,
@@ -91,8 +91,6 @@ class SpearAsgiApp:
         self.protect_metrics = protect_metrics
         self.draining = False
         self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
         self._buffered = 0
         self._prefix = secrets.token_hex(4) + "-"
         self._ids = itertools.count(1)
@@ -211,7 +209,6 @@ class SpearAsgiApp:
         metadata: dict[str, str] | None, request_id: str, started: float,
     ) -> None:
         self.in_flight += 1
-        self.idle.clear()
         try:
             response = await self.spearlet.invoke(name, body, timeout=timeout,
                                                   metadata=metadata, request_id=request_id)
@@ -229,8 +226,6 @@ class SpearAsgiApp:
             return
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
         if response.status is not _SUCCESS:
             failure = failure_of_reply(response, name, self._effective_timeout(name, timeout))
             await self._refuse(send, failure, name, request_id, scope, close=self.draining,
