@@ -445,11 +445,22 @@ def test_spear_invoke_has_one_exit_code_for_a_timeout(server: ServeProcess) -> N
         assert done.returncode == 2
 
 
-def test_json_logs_carry_access_records_failures_and_worker_output(tmp_path: Path) -> None:
-    process = ServeProcess("--config", str(_slow_config(tmp_path, drain_s=1)),
-                           "-v", "--log-format", "json").start()
+def test_json_logs_carry_access_records_failures_and_worker_output(
+    tmp_path: Path, wasm_fixture: Callable[[str], Path]
+) -> None:
+    guest = f"""
+[[functions]]
+name = "logger"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("logger")))}
+handler = "log"
+"""
+    config = _slow_config(tmp_path, drain_s=1)
+    config.write_text(config.read_text() + guest)
+    process = ServeProcess("--config", str(config), "-v", "--log-format", "json").start()
     try:
         assert post(process, "chatty", b"hi")[0] == 200
+        assert post(process, "logger", b"from the guest")[0] == 200
         assert post(process, "slow", b"2000", query="?timeout=0.2")[0] == 504
         time.sleep(0.5)
     finally:
@@ -466,3 +477,6 @@ def test_json_logs_carry_access_records_failures_and_worker_output(tmp_path: Pat
     assert said and said[0]["function"] == "chatty" and said[0]["instance_id"]
     warned = [r for r in records if "chatty warns" in r["message"]]
     assert warned and warned[0]["function"] == "chatty"
+    guest_lines = [r for r in records if r["message"] == "from the guest"]
+    assert guest_lines and all(r["function"] == "logger" for r in guest_lines)
+    assert guest_lines[0]["instance_id"].startswith("wasm:logger")
