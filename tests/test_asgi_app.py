@@ -85,3 +85,17 @@ async def test_mounted_under_a_prefix_in_starlette(spearlet: Spearlet) -> None:
     assert (status, body) == (200, b"mounted")
     status, _, _ = await call(outer, "GET", "/spear/healthz")
     assert status == 200
+
+
+async def test_control_characters_never_reach_metadata(spearlet: Spearlet) -> None:
+    """uvicorn's parser refuses a NUL in a header; another server might pass it on."""
+    app = spear.asgi_app(spearlet)
+    for value in (b"a\x00b", b"a\x1bb", b"a\x7fb"):
+        status, headers, body = await call(
+            app, "POST", "/functions/echo/invoke", b"x",
+            headers=[(b"content-length", b"1"), (b"x-spear-meta-tenant", value)])
+        assert status == 400 and b"control characters" in body
+        assert headers[b"x-spear-error-code"] == b"invalid_request"
+    status, _, _ = await call(app, "POST", "/functions/echo/invoke", b"x",
+                              headers=[(b"content-length", b"\xc2\xb2")])
+    assert status == 400

@@ -51,6 +51,10 @@ async def test_a_bad_grpc_timeout_is_invalid_argument_and_capacity_stays_whole(
                 assert "timeout must be" in (refused.value.details() or "")
                 trailers = dict(refused.value.trailing_metadata() or ())
                 assert trailers["x-spear-request-id"]
+            with pytest.raises(grpc.aio.AioRpcError) as bad_metadata:
+                await _stub(channel).Invoke(pb.InvokeRequest(
+                    function="echo", input=b"x", metadata={"tenant": "a\x00b"}))
+            assert bad_metadata.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert await capacity_is_whole(front, "echo")
             reply = await _stub(channel).Invoke(pb.InvokeRequest(function="echo", input=b"ok"))
             assert reply.output == b"ok"
