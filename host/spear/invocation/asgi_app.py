@@ -140,7 +140,7 @@ class SpearAsgiApp:
                 elif key == b"authorization":
                     authorization = value
             if self.tokens is not None and not self.tokens.accepts_header(authorization):
-                await self._unauthenticated(send, request_id, scope)
+                await self._unauthenticated(send, request_id, scope, close=length != 0)
                 return
             timeout: float | None = None
             query: bytes = scope["query_string"]
@@ -151,8 +151,9 @@ class SpearAsgiApp:
                         timeout = parse_timeout(value_text)
             metadata = check_metadata(meta) if meta else None
         except InvalidRequest as exc:
+            # A body we did not read would be taken for the next request: close unless empty.
             await self._refuse(send, failure_of(exc, name, None), name, request_id, scope,
-                               close=False, started=started)
+                               close=length != 0, started=started)
             return
         if self.draining:
             await self._refuse(send, draining_failure(), name, request_id, scope, close=True,
@@ -265,11 +266,13 @@ class SpearAsgiApp:
         if access_log.isEnabledFor(logging.INFO):
             _log_access(scope, failure.http_status, name, request_id, started)
 
-    async def _unauthenticated(self, send: Send, request_id: str, scope: Scope) -> None:
+    async def _unauthenticated(self, send: Send, request_id: str, scope: Scope, *,
+                               close: bool = False) -> None:
+        headers = [_TEXT, _BEARER_CHALLENGE, (b"x-spear-error-code", b"unauthenticated")]
+        if close:
+            headers.append(_CLOSE)
         await _send(send, 401, b"a valid bearer token is required "
-                               b"(Authorization: Bearer TOKEN)\n",
-                    request_id, [_TEXT, _BEARER_CHALLENGE,
-                                 (b"x-spear-error-code", b"unauthenticated")], scope)
+                               b"(Authorization: Bearer TOKEN)\n", request_id, headers, scope)
         if access_log.isEnabledFor(logging.INFO):
             _log_access(scope, 401, None, request_id, None)
 
