@@ -4,6 +4,8 @@ floor of Python HTTP, in the same run:
 - FastAPI + uvicorn (httptools, uvloop) + the Extism SDK calling an echo plugin (anchor 1;
   target: spear at least 5x its throughput);
 - a bare ASGI echo on uvicorn with httptools and uvloop (anchor 2; target: at least 0.7x);
+  both anchors run without uvicorn's proxy-headers layer and server header, as `spear serve`
+  does, and without an access log;
 - `spear serve` (WASM echo, access log off as in the anchors) with the same 64 B POST, once
   as configured by default (`dispatch = "auto"`: the memory channel learns per handler
   whether it may run on the event loop) and once with `dispatch = "inline"` (what the front
@@ -83,7 +85,8 @@ artifact = "{echo}"
 dispatch = "{dispatch}"
 """)
     uvicorn = [sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
-               "--no-access-log", "--log-level", "warning", "--host", "127.0.0.1"]
+               "--no-access-log", "--no-proxy-headers", "--no-server-header",
+               "--log-level", "warning", "--host", "127.0.0.1"]
     commands = {
         "spear": [sys.executable, "-m", "spear.cli.main", "serve", "--config",
                   str(workdir / "spear.toml")],
