@@ -156,6 +156,17 @@ async def test_an_oversized_head_is_refused_with_431(server: FunctionServer) -> 
     many = (b"GET /healthz HTTP/1.1\r\nHost: t\r\n"
             + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n")
     assert (await exchange(http_port(server), many)).status == 431
+    # The same on a kept-alive connection, after a good request.
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port(server))
+    try:
+        writer.write(post_request("echo", b"first"))
+        assert (await asyncio.wait_for(read_response(reader), 5)).body == b"first"
+        writer.write(huge)
+        assert (await asyncio.wait_for(read_response(reader), 5)).status == 431
+    finally:
+        writer.close()
+    big_body = post_request("echo", b"z" * 60000)  # a large first read that is mostly body
+    assert (await exchange(http_port(server), big_body)).status == 200
 
 
 async def test_a_head_or_body_that_stalls_is_cut_off_with_408(server: FunctionServer) -> None:

@@ -119,7 +119,7 @@ class SpearAsgiApp:
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         started = _perf_counter()
-        request_id = self.new_request_id()
+        request_id = self._prefix + str(next(self._ids))
         name = path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)]  # ASGI paths come decoded
         if scope["method"] != "POST":
             await _send(send, 405, b"use POST\n", request_id,
@@ -201,47 +201,41 @@ class SpearAsgiApp:
                         return
                     piece = message["body"]
                 body = bytes(chunks)
-            await self._run(send, scope, name, body, timeout, metadata, request_id, started)
+            self.in_flight += 1
+            try:
+                response = await self.spearlet.invoke(name, body, timeout=timeout,
+                                                      metadata=metadata, request_id=request_id)
+            except Exception as exc:
+                failure = failure_of(exc, name, self._effective_timeout(name, timeout))
+                await self._refuse(send, failure, name, request_id, scope,
+                                   close=self.draining, started=started, exc=exc)
+                return
+            except asyncio.CancelledError:
+                # The server is stopping past its drain time (this task is the request's own):
+                # the client still gets an answer, and nobody gets a traceback.
+                with contextlib.suppress(Exception):
+                    await self._refuse(send, _stopped(), name, request_id, scope, close=True,
+                                       started=started)
+                return
+            finally:
+                self.in_flight -= 1
+            if response.status is not _SUCCESS:
+                failure = failure_of_reply(response, name, self._effective_timeout(name, timeout))
+                await self._refuse(send, failure, name, request_id, scope, close=self.draining,
+                                   started=started)
+                return
+            output = response.output_data
+            headers = [_OCTET, (b"content-length", b"%d" % len(output)),
+                       (b"x-spear-request-id", request_id.encode()),
+                       (b"x-spear-execution-time-ms", b"%.3f" % response.execution_time_ms)]
+            if self.draining:
+                headers.append(_CLOSE)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": output})
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(scope, 200, name, request_id, started)
         finally:
             self._buffered -= reserved
-
-    async def _run(
-        self, send: Send, scope: Scope, name: str, body: bytes, timeout: float | None,
-        metadata: dict[str, str] | None, request_id: str, started: float,
-    ) -> None:
-        self.in_flight += 1
-        try:
-            response = await self.spearlet.invoke(name, body, timeout=timeout,
-                                                  metadata=metadata, request_id=request_id)
-        except Exception as exc:
-            failure = failure_of(exc, name, self._effective_timeout(name, timeout))
-            await self._refuse(send, failure, name, request_id, scope,
-                               close=self.draining, started=started, exc=exc)
-            return
-        except asyncio.CancelledError:
-            # The server is stopping past its drain time (this task is the request's own):
-            # the client still gets an answer, and nobody gets a traceback.
-            with contextlib.suppress(Exception):
-                await self._refuse(send, _stopped(), name, request_id, scope, close=True,
-                                   started=started)
-            return
-        finally:
-            self.in_flight -= 1
-        if response.status is not _SUCCESS:
-            failure = failure_of_reply(response, name, self._effective_timeout(name, timeout))
-            await self._refuse(send, failure, name, request_id, scope, close=self.draining,
-                               started=started)
-            return
-        output = response.output_data
-        headers = [_OCTET, (b"content-length", b"%d" % len(output)),
-                   (b"x-spear-request-id", request_id.encode()),
-                   (b"x-spear-execution-time-ms", b"%.3f" % response.execution_time_ms)]
-        if self.draining:
-            headers.append(_CLOSE)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": output})
-        if access_log.isEnabledFor(logging.INFO):
-            _log_access(scope, 200, name, request_id, started)
 
     def _effective_timeout(self, name: str, timeout: float | None) -> float | None:
         if timeout is not None:

@@ -7,8 +7,8 @@ body), keep-alive, HEAD, and `limit_concurrency`. Two things they leave open are
 by a small subclass of uvicorn's httptools protocol:
 
 - the size of a request head: httptools gathers a header of any length in memory, so the
-  bytes fed to the parser while a head is incomplete are counted, and so are the parts it
-  reports (`max_head_bytes`, and at most `max_headers` headers): over the limit the answer
+  bytes fed to the parser while a head is incomplete are counted, and a complete head is
+  measured (`max_head_bytes`, and at most `max_headers` headers): over the limit the answer
   is 431 and the connection closes;
 - time: a head must arrive within `head_timeout_s` of its first byte (or of the connection),
   a body within `body_timeout_s` of its head; otherwise 408 and close. A sweep checks every
@@ -63,16 +63,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0  # raw bytes fed while a head is incomplete (spans reads)
-        self._head_parsed = 0  # the head's parts as the parser reports them
-        self._header_count = 0
+        self._head_bytes = 0  # bytes read while a head is incomplete (an upper bound)
+        self._read_size = 0
         self._head_since: float | None = self.loop.time()
         self._body_since: float | None = None
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        self._read_size = size = len(data)
         if self._head_since is not None:
-            self._head_bytes += len(data)
+            self._head_bytes += size
         try:
             self.parser.feed_data(data)
         except _HeadTooLarge:
@@ -95,34 +95,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
-        self._head_parsed = 0
-        self._header_count = 0
+        self._head_bytes = self._read_size  # the read it starts in counts whole: an upper bound
         if self._head_since is None:
             self._head_since = self.loop.time()
 
-    def on_url(self, url: bytes) -> None:
-        self._head_parsed += len(url)
-        if self._head_parsed > self.limits.max_head_bytes:
-            raise _HeadTooLarge
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._head_parsed += len(name) + len(value) + 4
-        if self._header_count > self.limits.max_headers \
-                or self._head_parsed > self.limits.max_head_bytes:
-            raise _HeadTooLarge
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        # Checked once per request, here: the raw count covers heads spread over reads; a
+        # head that ended within one large read is measured exactly only when that read was
+        # large (the common small request pays one comparison).
+        headers = self.headers
+        if len(headers) > self.limits.max_headers or (
+                self._head_bytes > self.limits.max_head_bytes
+                and len(self.url) + sum(len(k) + len(v) + 4 for k, v in headers)
+                > self.limits.max_head_bytes):
+            raise _HeadTooLarge
         self._head_since = None
         self._body_since = self.loop.time()
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._body_since = None
-        super().on_message_complete()
 
     def check_deadlines(self, now: float) -> None:
         """Called by the sweep: 408 for a head or a body that is too slow."""
@@ -134,7 +123,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(408, "request head not received in time")
         elif body_since is not None and now - body_since > self.limits.body_timeout_s:
             cycle = self.cycle
-            if cycle is not None and cycle.more_body and not cycle.response_complete:
+            if cycle is None or not cycle.more_body or cycle.response_complete:
+                self._body_since = None  # the body is complete (or answered): nothing to wait
+            else:
                 started = cycle.response_started
                 self._abandon_cycle()
                 if started:
