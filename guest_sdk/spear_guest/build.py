@@ -13,17 +13,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spear_guest.errors import BuildError
+from spear_guest.errors import BuildError, ToolchainMissing
 from spear_guest.options import DEFAULT_OPT, OPT_LEVELS, BuildOptions
 from spear_guest.sdk_files import include_dir
 from spear_guest.toolchains import SUFFIXES, Toolchain, for_source
 from spear_guest.toolchains.c import c_compile_command, c_flags
+from spear_guest.wasm_sections import strip_debug_sections
 
 __all__ = [
     "DEFAULT_OPT",
     "OPT_LEVELS",
     "BuildError",
     "BuildResult",
+    "ToolchainMissing",
     "build",
     "build_all",
     "build_cached",
@@ -44,8 +46,9 @@ _CACHE_FORMAT = "spear-guest-cache-2"
 
 @dataclass(frozen=True)
 class BuildResult:
-    """One module: where it is, whether this call compiled it (False: it was up to date),
-    with which compiler, the compiler's diagnostics (warnings, whole) and how long it took."""
+    """One module: where it is, whether this call compiled it (False: it was up to date, or
+    skipped), with which compiler, the compiler's diagnostics (warnings, whole) and how long
+    it took. ``skipped`` says why a source was not built (its toolchain is missing)."""
 
     source: Path
     path: Path
@@ -53,6 +56,12 @@ class BuildResult:
     toolchain: str
     diagnostics: str = ""
     seconds: float = 0.0
+    skipped: str = ""
+
+    @property
+    def status(self) -> str:
+        """``built``, ``up to date`` or ``skipped``."""
+        return "skipped" if self.skipped else "built" if self.built else "up to date"
 
     @property
     def size(self) -> int:
@@ -95,13 +104,19 @@ def _compile(toolchain: Toolchain, src: Path, out: Path, options: BuildOptions) 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Compile into a private temp dir under the final name (linkers record the file name in
     # the name section, so this keeps builds reproducible), then rename into place atomically.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)).resolve()
     tmp = tmp_dir / out.name
     start = time.monotonic()
     try:
         diagnostics = toolchain.compile(src.resolve(), tmp, options)
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise BuildError(f"{src}: compiler produced no output", src=src, stderr=diagnostics)
+        if not options.debug:
+            try:
+                tmp.write_bytes(strip_debug_sections(tmp.read_bytes()))
+            except ValueError as exc:
+                raise BuildError(f"{src}: compiler output is not a module ({exc})", src=src,
+                                 stderr=diagnostics) from exc
         tmp.chmod(0o644)
         os.replace(tmp, out)  # atomic: readers see the old module or the new one
     finally:
@@ -246,13 +261,15 @@ def build_all(
     wasi: bool = False,
     debug: bool = False,
     force: bool = False,
+    skip_unavailable: bool = False,
     on_result: Callable[[BuildResult], None] | None = None,
 ) -> list[BuildResult]:
     """Build every guest in ``src_dir`` (:func:`guest_sources`) into ``out_dir``, skipping
     up-to-date modules unless ``force`` (same cache as :func:`build_cached`); each result
     says whether it was built or found up to date. ``wasi`` applies to the C guests.
     ``on_result`` sees each result as soon as it is ready. Raises :class:`BuildError` for the
-    first source that fails."""
+    first source that fails; with ``skip_unavailable``, a source whose toolchain is missing
+    is reported as skipped (with the reason) instead."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise BuildError(f"{src_dir}: no such directory")
@@ -269,7 +286,13 @@ def build_all(
     for src in sources:
         options = BuildOptions.make(opt, stack_size, extra_flags, debug=debug,
                                     wasi=wasi and src.suffix == ".c")
-        result = _build_cached(src, out_dir, options, force)
+        try:
+            result = _build_cached(src, out_dir, options, force)
+        except ToolchainMissing as exc:
+            if not skip_unavailable:
+                raise
+            reason = f"{exc}; {exc.hint}" if exc.hint else str(exc)
+            result = BuildResult(src, out_dir / output_name(src), False, "", skipped=reason)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p_all.add_argument("src_dir", type=Path, metavar="DIR")
     p_all.add_argument("-o", dest="out_dir", type=Path, required=True, metavar="OUTDIR")
     p_all.add_argument("--force", action="store_true", help="rebuild up-to-date modules too")
+    p_all.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip (and name) guests whose toolchain is missing instead of failing",
+    )
     common(p_all)
 
     sub.add_parser("include-dir", help="print the directory that holds spear.h")
@@ -94,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(result: BuildResult) -> None:
-    if result.built:
+    if result.skipped:
+        print(f"skipped {result.source}: {result.skipped}")
+    elif result.built:
         print(f"built {result.path} ({result.size} bytes) with {result.toolchain} "
               f"in {result.seconds:.1f} s")
     else:
@@ -132,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "build-all":
             results = build_all(args.src_dir, args.out_dir, opt=args.opt,
                                 stack_size=args.stack_size, wasi=args.wasi, debug=args.debug,
-                                force=args.force, on_result=_report)
-            built = sum(r.built for r in results)
-            print(f"{built} built, {len(results) - built} up to date")
+                                force=args.force, skip_unavailable=args.skip_unavailable,
+                                on_result=_report)
+            counts = {s: sum(r.status == s for r in results)
+                      for s in ("built", "up to date", "skipped")}
+            print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "skipped"))
         elif args.command == "include-dir":
             print(sdk_path("c"))
         elif args.command == "sdk-path":

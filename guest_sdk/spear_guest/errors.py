@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BuildError"]
+__all__ = ["BuildError", "ToolchainMissing"]
 
 
 class BuildError(Exception):
@@ -29,3 +29,7 @@ class BuildError(Exception):
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
         first = next((line for line in lines if "error" in line), lines[-1] if lines else "")
         return f"{self}: {first}" if first else str(self)
+
+
+class ToolchainMissing(BuildError):
+    """No compiler for the guest's language is installed (``hint`` says how to get one)."""

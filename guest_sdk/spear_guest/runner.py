@@ -54,7 +54,7 @@ def run_compiler(
     except OSError as exc:
         raise BuildError(f"{src}: cannot run {command[0]}: {exc}", src=src) from exc
     start = time.monotonic()
-    wait = PROGRESS_AFTER_S
+    wait = min(PROGRESS_AFTER_S, timeout)
     reported = False
     while True:
         try:

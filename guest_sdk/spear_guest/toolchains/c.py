@@ -51,9 +51,9 @@ def c_flags(options: BuildOptions) -> list[str]:
     Freestanding: ``wasm32-freestanding`` with zig's compiler-rt (128-bit arithmetic,
     ``memcpy``) and no libc; ``spear.h`` defines the few libc symbols the compiler may call.
     ``--wasi``: ``wasm32-wasi`` against wasi-libc as a reactor (``_initialize``, no
-    ``_start``). Both: ``--no-entry``, DWARF off and stripped unless ``debug`` (the ``name``
-    section stays, so traps name functions), the stack placed first (1 MiB unless told)
-    so an overflow traps instead of corrupting data.
+    ``_start``). Both: DWARF off unless ``debug`` (the ``name`` section stays, so traps name
+    functions), the stack placed first (1 MiB unless told) so an overflow traps instead of
+    corrupting data.
     """
     if options.wasi:
         flags = ["--target=wasm32-wasi", "-mexec-model=reactor"]
@@ -63,7 +63,8 @@ def c_flags(options: BuildOptions) -> list[str]:
     if options.level in ("0", "safe"):
         # zig enables UBSan at -O0; wasm guests have no UBSan runtime, so the checks trap.
         flags.append("-fsanitize-trap=undefined")
-    flags += ["-g"] if options.debug else ["-g0", "-Wl,--strip-debug"]
+    # (the build drops any DWARF that libraries bring - wasi-libc has plenty - afterwards)
+    flags.append("-g" if options.debug else "-g0")
     flags.append(f"-Wl,-z,stack-size={options.stack_size}")
     flags.extend(options.extra_flags)
     return flags
@@ -116,6 +117,10 @@ class CToolchain(Toolchain):
             src=src,
             what="compiling",
             slow_hint=_WASI_SLOW if options.wasi else "",
+            # zig caches the compiled source and would not repeat its warnings next time: a
+            # private local cache (in the build's temp dir) recompiles it, while compiler-rt
+            # and wasi-libc stay in zig's global cache
+            env={"ZIG_LOCAL_CACHE_DIR": str(out.parent / "zig-local-cache")},
         )
         if done.returncode != 0:
             raise BuildError(f"{src}: compile failed", src=src, stderr=done.output,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from spear_guest.errors import BuildError
+from spear_guest.errors import ToolchainMissing
 
 __all__ = ["TARGET", "Rustc", "find_rustc", "rustc_candidates"]
 
@@ -89,12 +89,12 @@ def _find(candidates: tuple[Path, ...]) -> Rustc:
             return found
         passed_over.append(why)
     tried = "; ".join(passed_over) if passed_over else "no rustc on PATH"
-    raise BuildError(
+    raise ToolchainMissing(
         f"no rustc with the {TARGET} standard library (tried: {tried})", hint=INSTALL_HINT
     )
 
 
 def find_rustc() -> Rustc:
     """The first candidate whose sysroot has the wasm32-unknown-unknown standard library.
-    Raises BuildError listing every rustc tried and why, with how to install one."""
+    Raises ToolchainMissing listing every rustc tried and why, with how to install one."""
     return _find(tuple(rustc_candidates()))

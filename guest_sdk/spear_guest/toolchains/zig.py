@@ -20,11 +20,12 @@ _MODES = {"0": "Debug", "1": "ReleaseFast", "2": "ReleaseFast", "3": "ReleaseFas
 
 def zig_flags(options: BuildOptions) -> list[str]:
     """``-fno-entry`` (a library with no ``_start``), ``-rdynamic`` so the handlers'
-    ``@export``s reach the module's exports, debug info stripped unless ``debug``."""
+    ``@export``s reach the module's exports (and ``__stack_pointer`` with them)."""
     if options.wasi:
         raise BuildError("--wasi is for C guests; Zig guests build for wasm32-freestanding")
     return ["-target", "wasm32-freestanding", "-O", _MODES[options.level], "-fno-entry",
-            "-rdynamic", "-fno-strip" if options.debug else "-fstrip",
+            # -fstrip would drop the name section too; the build strips DWARF itself
+            "-rdynamic", "-fno-strip",
             "--stack", str(options.stack_size), *options.extra_flags]
 
 

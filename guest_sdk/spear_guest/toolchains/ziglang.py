@@ -7,7 +7,7 @@ import sys
 from functools import cache
 from importlib import metadata
 
-from spear_guest.errors import BuildError
+from spear_guest.errors import ToolchainMissing
 
 __all__ = ["zig_command", "zig_version"]
 
@@ -23,7 +23,7 @@ def zig_version() -> str:
 def zig_command() -> list[str]:
     """``python -m ziglang``, checked to be importable."""
     if importlib.util.find_spec("ziglang") is None:
-        raise BuildError(
+        raise ToolchainMissing(
             "the ziglang package is not installed (pip install spear-guest brings it)"
         )
     return [sys.executable, "-m", "ziglang"]
