@@ -25,9 +25,8 @@ def cache_dir() -> Path:
         path = Path(base) / "spear-guest"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe.")
-        probe.close()
-        return path
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe."):
+            return path
     except OSError:
         tmp = Path(tempfile.mkdtemp(prefix="spear-guest-cache-"))
         atexit.register(shutil.rmtree, tmp, True)

@@ -389,7 +389,8 @@ pub const persistent: std.mem.Allocator = .{ .ptr = undefined, .vtable = &persis
 // ------------------------------------------------------------------------------------------
 
 fn bytesAt(ptr: u32, len: u32) []const u8 {
-    if (len == 0) return &.{};
+    if (ptr == 0) return &.{};
+    // keeps the host's pointer even for empty inputs, so an echo is zero-copy in every case
     const p: [*]const u8 = @ptrFromInt(ptr);
     return p[0..len];
 }
@@ -494,15 +495,22 @@ pub fn fail(code: i32, message: []const u8) Response {
     return .{ .failure = .{ .code = code, .message = message } };
 }
 
+/// Where the host finds `bytes`. Zig gives empty slices from allocators a sentinel pointer
+/// far outside memory; the host checks the range, so an empty one points at 0 instead.
+fn address(bytes: []const u8) u32 {
+    const p = @intFromPtr(bytes.ptr);
+    return if (bytes.len == 0 and p > memoryEnd()) 0 else @intCast(p);
+}
+
 fn publish(r: Response) i32 {
     switch (r) {
         .output => |bytes| {
-            cb.out_ptr = @intCast(@intFromPtr(bytes.ptr));
+            cb.out_ptr = address(bytes);
             cb.out_len = @intCast(bytes.len);
             return status_ok;
         },
         .failure => |f| {
-            cb.out_ptr = @intCast(@intFromPtr(f.message.ptr));
+            cb.out_ptr = address(f.message);
             cb.out_len = @intCast(f.message.len);
             cb.err_code = f.code;
             return status_error;

@@ -29,7 +29,8 @@ class Toolchain(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """For people: which compiler builds this language, e.g. ``rustc 1.63.0 (/usr/bin/rustc)``."""
+        """For people: which compiler builds this language, e.g.
+        ``rustc 1.63.0 (/usr/bin/rustc)``."""
 
     @abstractmethod
     def flags(self, options: BuildOptions) -> list[str]:

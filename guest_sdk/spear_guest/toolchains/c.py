@@ -28,17 +28,19 @@ _LEVEL_FLAGS = {
 # Headers of the C standard library and POSIX that freestanding guests do not have (clang's
 # own freestanding headers - stdint.h, stddef.h, stdbool.h, stdarg.h, limits.h, float.h,
 # stdalign.h, stdnoreturn.h, stdatomic.h - work without --wasi).
-_LIBC_HEADERS = frozenset(
-    "assert.h complex.h ctype.h errno.h fenv.h inttypes.h locale.h math.h setjmp.h signal.h "
-    "stdio.h stdlib.h string.h strings.h tgmath.h threads.h time.h uchar.h wchar.h wctype.h "
-    "unistd.h fcntl.h dirent.h sys/types.h sys/stat.h sys/time.h poll.h sched.h "
-    "pthread.h".split()
-)
-_LIBC_FUNCTIONS = frozenset(
-    "printf fprintf sprintf snprintf vsnprintf puts putchar malloc calloc realloc free "
-    "strdup strcpy strncpy strcat strcmp strncmp strchr strrchr strstr strtol strtoul "
-    "strtod atoi atof qsort bsearch abs labs exit abort time clock rand srand".split()
-)
+_LIBC_HEADERS = frozenset({
+    "assert.h", "complex.h", "ctype.h", "errno.h", "fenv.h", "inttypes.h", "locale.h",
+    "math.h", "setjmp.h", "signal.h", "stdio.h", "stdlib.h", "string.h", "strings.h",
+    "tgmath.h", "threads.h", "time.h", "uchar.h", "wchar.h", "wctype.h", "unistd.h",
+    "fcntl.h", "dirent.h", "sys/types.h", "sys/stat.h", "sys/time.h", "poll.h", "sched.h",
+    "pthread.h",
+})
+_LIBC_FUNCTIONS = frozenset({
+    "printf", "fprintf", "sprintf", "snprintf", "vsnprintf", "puts", "putchar", "malloc",
+    "calloc", "realloc", "free", "strdup", "strcpy", "strncpy", "strcat", "strcmp",
+    "strncmp", "strchr", "strrchr", "strstr", "strtol", "strtoul", "strtod", "atoi", "atof",
+    "qsort", "bsearch", "abs", "labs", "exit", "abort", "time", "clock", "rand", "srand",
+})
 _MISSING_HEADER = re.compile(r"fatal error: '([^']+)' file not found")
 _UNDEFINED = re.compile(r"undefined symbol: (\w+)")
 _WASI_SLOW = ("the first --wasi build also compiles wasi-libc, about a minute; "
