@@ -16,7 +16,13 @@ from pathlib import Path
 
 from bench.table import Row, render
 
-SECTIONS = ["bench.wasm", "bench.process", "bench.grpc", "bench.invocation"]
+SECTIONS = [
+    "bench.wasm",
+    "bench.process",
+    "bench.grpc",
+    "bench.invocation",
+    "bench.guest_languages",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,7 @@ class CToolchain(Toolchain):
         return f"zig {zig_version()}"
 
     def describe(self) -> str:
+        zig_command()  # raises ToolchainMissing without the ziglang package
         return f"zig {zig_version()} cc (clang)"
 
     def flags(self, options: BuildOptions) -> list[str]:

@@ -37,6 +37,7 @@ class ZigToolchain(Toolchain):
         return f"zig {zig_version()}"
 
     def describe(self) -> str:
+        zig_command()  # raises ToolchainMissing without the ziglang package
         return f"zig {zig_version()}"
 
     def flags(self, options: BuildOptions) -> list[str]:
