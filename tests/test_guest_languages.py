@@ -18,6 +18,7 @@ from spear import ExecutionRequest, ExecutionStatus, wasm
 pytestmark = pytest.mark.timeout(300)
 
 Fixture = Callable[[str], Path]
+FIXTURES = Path(__file__).resolve().parents[1] / "wasm_fixtures"
 LANGUAGES = {"c": "", "rust": ".rs", "zig": ".zig"}
 # 0 B to 1 MiB, around the initial 16 KiB request buffer and the 64 KiB page
 SIZES = [0, 1, 63, 64, 4095, 4096, 16 * 1024 - 4, 16 * 1024, 65535, 65536, 65537,
@@ -145,3 +146,19 @@ def test_greet_answers_the_same_in_the_oracle_host(
     assert h.call("pull") == (0, b"t" * 100 + b"=" + b"d" * 3000 + b";=;", 0)
     h.clock = 2**63 - 1
     assert h.call("clock") == (0, str(2**63 - 1).encode(), 0)
+
+
+@pytest.mark.parametrize("opt", ["Debug", "ReleaseSafe", "ReleaseSmall", "3"])
+def test_every_optimisation_level_gives_the_same_answers(
+    tmp_path: Path, language: str, opt: str
+) -> None:
+    from guest_support import build_source
+
+    greet = FIXTURES / f"greet{LANGUAGES[language] or '.c'}"
+    module = build_source(tmp_path, greet.name, greet.read_text(), opt=opt)
+    h = Host(new_engine(), module)
+    assert h.call("greet", b"abc", [("user", "ann")]) == (0, b"hello, ann (3 bytes)", 0)
+    assert h.call("fail", b"x") == (1, b"failed on purpose: x", 42)
+    assert h.call("meta", b"", [("k", "v")]) == (0, b"k=v\n", 0)
+    value = "v" * 100_000  # past the first request buffer: spear_reserve grows it
+    assert h.call("meta", b"", [("big", value)]) == (0, f"big={value}\n".encode(), 0)
