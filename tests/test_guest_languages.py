@@ -162,3 +162,38 @@ def test_every_optimisation_level_gives_the_same_answers(
     assert h.call("meta", b"", [("k", "v")]) == (0, b"k=v\n", 0)
     value = "v" * 100_000  # past the first request buffer: spear_reserve grows it
     assert h.call("meta", b"", [("big", value)]) == (0, f"big={value}\n".encode(), 0)
+
+
+def test_debug_info_is_stripped_by_default_and_kept_with_debug(
+    tmp_path: Path, language: str
+) -> None:
+    from guest_support import build_source, wasm_sections
+
+    greet = FIXTURES / f"greet{LANGUAGES[language] or '.c'}"
+    plain = build_source(tmp_path, greet.name, greet.read_text())
+    sections = wasm_sections(plain.read_bytes())
+    assert "name" in sections  # traps name their functions
+    assert not [s for s in sections if s.startswith(".debug")]
+    debug = build_source(tmp_path, greet.name, greet.read_text(), debug=True)
+    assert ".debug_info" in wasm_sections(debug.read_bytes())
+
+
+def test_build_all_builds_the_fixtures_of_every_language(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from guest_support import toolchains_required
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "spear_guest", "build-all", str(FIXTURES), "-o", str(tmp_path),
+         *([] if toolchains_required() else ["--skip-unavailable"])],
+        capture_output=True, text=True, check=False, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr
+    built = {p.name for p in tmp_path.glob("*.wasm")}
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("skipped ")]
+    expected = {"echo.wasm", "echo.zig.wasm", "greet.wasm", "greet.zig.wasm"}
+    if not skipped:
+        expected |= {"echo.rs.wasm", "greet.rs.wasm"}
+    assert expected <= built
+    assert proc.stdout.splitlines()[-1].startswith(f"{len(built)} built, 0 up to date")
