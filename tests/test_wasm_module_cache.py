@@ -6,38 +6,51 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from spear import wasm
-from spear.transport.wasm import module as module_mod
 
 Fixture = Callable[[str], Path]
+
+HOST: list[wasm.WasmHost] = []
+
+
+@pytest.fixture(autouse=True)
+def host() -> Iterator[wasm.WasmHost]:
+    """A host of its own per test, so every load starts with no compiled module in memory."""
+    owned = wasm.WasmHost()
+    HOST.append(owned)
+    yield owned
+    HOST.remove(owned)
+    owned.close()
 
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh cache directory (not yet created) and an empty in-process module memo, so
-    every load in the test goes through the disk cache."""
+    """A fresh cache directory (not yet created)."""
     directory = tmp_path / "cache" / "modules"
     monkeypatch.setenv("SPEAR_CACHE_DIR", str(directory))
     monkeypatch.delenv("SPEAR_NO_MODULE_CACHE", raising=False)
-    monkeypatch.setattr(module_mod, "_compiled", {})
     return directory
 
 
 def forget_compiled() -> None:
-    """Drop the in-process memo so the next load has to use the disk."""
-    module_mod._compiled.clear()
+    """Drop the compiled modules kept in memory so the next load has to use the disk."""
+    HOST[-1].modules.clear()
 
 
 def entries(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.cwasm")) if directory.exists() else []
 
 
+def load(path_or_bytes: Path | bytes, **kw: int) -> wasm.WasmModule:
+    return HOST[-1].load(path_or_bytes, **kw)
+
+
 def works(path_or_bytes: Path | bytes, **kw: int) -> bool:
-    with wasm.load(path_or_bytes, **kw).instantiate() as instance:
+    with load(path_or_bytes, **kw).instantiate() as instance:
         return instance.call("echo", b"cached?") == b"cached?"
 
 
@@ -145,7 +158,6 @@ def test_unusable_cache_location_only_warns(
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
     monkeypatch.setenv("SPEAR_CACHE_DIR", str(blocker / "modules"))
-    monkeypatch.setattr(module_mod, "_compiled", {})
     caplog.set_level(logging.WARNING, logger="spear.wasm.cache")
     assert works(echo_wasm)
     assert any("unusable" in r.getMessage() for r in caplog.records)
@@ -166,7 +178,7 @@ def test_each_module_and_engine_configuration_gets_its_own_entry(
     assert works(echo_wasm, fuel=1_000_000)  # fuel metering changes the compiled code
     assert works(echo_wasm, memory_limit=4 << 20)  # a store limit: same code, same entry
     assert len(entries(cache_dir)) == 2
-    wasm.load(wasm_fixture("multi"))
+    load(wasm_fixture("multi"))
     assert len(entries(cache_dir)) == 3
     forget_compiled()
     assert works(echo_wasm, fuel=1_000_000)
