@@ -30,6 +30,7 @@ class Mailbox:
         self._lock = threading.Lock()  # the host side runs on the loop, calls on a thread
         self._outbox: collections.deque[Message] = collections.deque()
         self._outbox_bytes = 0
+        self.sent_count = 0  # messages in the outbox (read on every call: a plain attribute)
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_bytes = 0
         self._pending: list[Message] = []  # sent during the current call
@@ -56,6 +57,7 @@ class Mailbox:
             taken = list(self._outbox)
             self._outbox.clear()
             self._outbox_bytes = 0
+            self.sent_count = 0
             return taken
 
     def pop_sent(self) -> Message | None:
@@ -64,11 +66,8 @@ class Mailbox:
                 return None
             message = self._outbox.popleft()
             self._outbox_bytes -= len(message[0].encode()) + len(message[1])
+            self.sent_count = len(self._outbox)
             return message
-
-    @property
-    def sent_count(self) -> int:
-        return len(self._outbox)
 
     @property
     def queued_count(self) -> int:
@@ -115,6 +114,7 @@ class Mailbox:
             self._pending.clear()
             self._pending_bytes = 0
             self._taken.clear()
+            self.sent_count = len(self._outbox)
             self.touched = False
 
     def rollback(self) -> None:

@@ -90,17 +90,24 @@ class NativeCallPath:
 
     def call(self, handler: NativeHandler, function: str, input: bytes, timeout: float | None,
              budget: float | None, meta: bytes, meta_count: int) -> CallResult:
-        timeout_ns = 0 if timeout is None else (int(timeout * 1e9) or 1)
-        budget_ns = 0 if budget is None else (int(budget * 1e9) or 1)
+        # The hot path: no attribute chains, no helper calls on success.
         if meta:
-            result = self._call_meta(self.native_struct, handler.native, input, len(input),
-                                     timeout_ns, budget_ns, meta, len(meta), meta_count)
+            result = self._call_meta(
+                self.native_struct, handler.native, input, len(input),
+                0 if timeout is None else (int(timeout * 1e9) or 1),
+                0 if budget is None else (int(budget * 1e9) or 1), meta, len(meta), meta_count)
         else:
-            result = self._call(self.native_struct, handler.native, input, len(input),
-                                timeout_ns, budget_ns)
+            result = self._call(
+                self.native_struct, handler.native, input, len(input),
+                0 if timeout is None else (int(timeout * 1e9) or 1),
+                0 if budget is None else (int(budget * 1e9) or 1))
         if result >= 0:
             out_ptr = result & 0xFFFFFFFF
-            return self._memory.slice(out_ptr, out_ptr + (result >> 32))  # type: ignore[union-attr]
+            end = out_ptr + (result >> 32)
+            memory = self._memory
+            if end > memory.size:  # type: ignore[union-attr]
+                memory.refresh()  # type: ignore[union-attr]
+            return memory.view[out_ptr:end].tobytes()  # type: ignore[union-attr]
         return self._outcome(result, function)
 
     def _outcome(self, result: int, function: str) -> CallResult:

@@ -54,6 +54,7 @@ class GuestSession:
         self.replacements = 0
         self._lock = threading.Lock()
         self._guest: LiveGuest | None = None
+        self.live = False  # a guest is instantiated and ready (a call needs no spawn first)
         self._closed = False
         ticker = module.compiled.engine.ticker
         if native is not None:
@@ -64,6 +65,7 @@ class GuestSession:
             from spear.transport.wasm.python_path import PythonCallPath
 
             self._path = PythonCallPath(module.fuel)
+        self._call = self._path.call
         module.host.track(self)
         with self._lock:
             failure = self._spawn(None)
@@ -76,11 +78,6 @@ class GuestSession:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def live(self) -> bool:
-        """A guest is instantiated and ready (a call needs no spawn first)."""
-        return self._guest is not None
 
     @property
     def calls(self) -> int:
@@ -125,11 +122,13 @@ class GuestSession:
             self.mailbox.commit()  # whatever the start function sent is delivered
         self._path.bind(guest)
         self._guest = guest
+        self.live = True
         return None
 
     def _drop(self) -> None:
         """Close the guest whose state is now unknown; the next call spawns a new one."""
         guest, self._guest = self._guest, None
+        self.live = False
         if guest is not None:
             self._path.unbind()
             guest.close()
@@ -181,8 +180,7 @@ class GuestSession:
                 if budget is not None:
                     budget = max(1e-9, budget - (_monotonic_ns() - started) / 1e9)
             try:
-                result = self._path.call(handler, function, input, timeout, budget, meta,
-                                         meta_count)
+                result = self._call(handler, function, input, timeout, budget, meta, meta_count)
             except GuestTrap as trap:
                 return self._trapped(trap, function, timeout, budget)
             if self.mailbox.touched:
@@ -264,6 +262,7 @@ class GuestSession:
             if self._closed:
                 return
             self._closed = True
+            self.live = False
             guest, self._guest = self._guest, None
             if guest is not None:
                 self._path.unbind()
