@@ -2,7 +2,8 @@
 
 Guest lines go to the `spear.guest` logger with the instance's label. A token bucket bounds
 records and bytes per second; what exceeds it is dropped and counted, and the count is
-reported in one WARNING line as soon as the guest may log again (and when it is closed). The
+reported in one WARNING line when the guest may log again (at most once a second, and when
+it is closed). The
 bucket belongs to the instance, not to its store, so trapping and being replaced does not
 refill it.
 """
@@ -20,6 +21,7 @@ guest_log = logging.getLogger("spear.guest")
 MAX_LOG_LINE = 16 * 1024  # longer lines are cut here
 LEVELS = {0: 5, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 STDERR_LEVEL = logging.WARNING
+REPORT_INTERVAL = 1.0  # seconds between two "records dropped" lines of one instance
 
 
 class GuestLog:
@@ -33,6 +35,7 @@ class GuestLog:
         self.dropped_bytes = 0
         self._reported_records = 0
         self._reported_bytes = 0
+        self._last_report = -REPORT_INTERVAL
         self._stderr_line = bytearray()
         self._lock = threading.Lock()
 
@@ -61,7 +64,7 @@ class GuestLog:
         with self._lock:
             if not self._allow(len(text)):
                 return
-            self._report_dropped()
+            self._report_dropped(self._refilled)
         guest_log.log(level, "%s", text.decode("utf-8", "replace"),
                       extra={"instance": self.label})
 
@@ -95,15 +98,19 @@ class GuestLog:
                     break
                 lines.append(line)
             if lines:
-                self._report_dropped()
+                self._report_dropped(self._refilled)
         for line in lines:
             guest_log.log(STDERR_LEVEL, "%s", line.decode("utf-8", "replace"),
                           extra={"instance": self.label, "stream": "stderr"})
 
-    def _report_dropped(self) -> None:
+    def _report_dropped(self, now: float | None = None) -> None:
         records = self.dropped_records - self._reported_records
         if not records:
             return
+        if now is not None:
+            if now - self._last_report < REPORT_INTERVAL:
+                return
+            self._last_report = now
         size = self.dropped_bytes - self._reported_bytes
         self._reported_records = self.dropped_records
         self._reported_bytes = self.dropped_bytes
