@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from spear import wasm
+from wasm_isolation import in_child
 
 Fixture = Callable[[str], Path]
 
@@ -183,3 +184,110 @@ def test_each_module_and_engine_configuration_gets_its_own_entry(
     forget_compiled()
     assert works(echo_wasm, fuel=1_000_000)
     assert len(entries(cache_dir)) == 3
+
+
+# ------------------------------------------------------------------ entries that must not run
+#
+# Each case runs in a child process: were a damaged entry deserialized, the host could crash.
+
+
+def _entry_pair(directory: Path) -> tuple[Path, Path]:
+    [code] = entries(directory)
+    return code, code.with_suffix(".digest")
+
+
+DAMAGES = ["flipped_bytes", "other_modules_entry", "other_modules_code_only", "symlink",
+           "hard_link", "fifo", "readable_by_others", "no_digest", "directory",
+           "digest_of_another_engine"] + (["owned_by_another_user"] if os.geteuid() == 0 else [])
+
+
+@in_child
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_an_entry_that_is_not_exactly_ours_is_never_deserialized_and_is_replaced(
+    damage: str, echo_wasm: str, multi_wasm: str, tmp_dir: str,
+) -> None:
+    import logging
+    import shutil
+
+    logging.basicConfig(level=logging.WARNING)
+    directory = Path(tmp_dir) / "modules"
+    os.environ["SPEAR_CACHE_DIR"] = str(directory)
+    os.environ.pop("SPEAR_NO_MODULE_CACHE", None)
+    other_dir = Path(tmp_dir) / "other"
+    with wasm.WasmHost() as host:
+        host.load(Path(multi_wasm), cache_dir=other_dir)
+        host.load(Path(multi_wasm), fuel=1000, cache_dir=other_dir / "fuel")
+    [other_code] = entries(other_dir)
+    other_digest = other_code.with_suffix(".digest")
+    with wasm.WasmHost() as host:
+        host.load(Path(echo_wasm))
+    code, digest = _entry_pair(directory)
+    if damage == "flipped_bytes":
+        data = bytearray(code.read_bytes())
+        for offset in range(64, len(data), 97):
+            data[offset] ^= 0xFF
+        code.write_bytes(bytes(data))
+    elif damage == "other_modules_entry":
+        shutil.copyfile(other_code, code)
+        shutil.copyfile(other_digest, digest)
+    elif damage == "other_modules_code_only":
+        shutil.copyfile(other_code, code)
+    elif damage == "symlink":
+        code.unlink()
+        code.symlink_to(other_code)
+        digest.unlink()
+        digest.symlink_to(other_digest)
+    elif damage == "hard_link":
+        code.unlink()
+        os.link(other_code, code)
+    elif damage == "fifo":
+        code.unlink()
+        os.mkfifo(code, 0o600)
+    elif damage == "readable_by_others":
+        code.chmod(0o644)
+    elif damage == "no_digest":
+        digest.unlink()
+    elif damage == "directory":
+        code.unlink()
+        code.mkdir()
+    elif damage == "owned_by_another_user":
+        os.chown(code, 65534, -1)
+    elif damage == "digest_of_another_engine":
+        [fuel_code] = entries(other_dir / "fuel")
+        shutil.copyfile(fuel_code.with_suffix(".digest"), digest)
+    with wasm.WasmHost() as host:
+        module = host.load(Path(echo_wasm))
+        assert module.handlers == ["echo"]  # this module's code, not the planted one
+        with module.instantiate() as instance:
+            assert instance.call("echo", b"the right code") == b"the right code"
+    if damage != "directory":  # a directory is not ours to remove; the entry stays unused
+        code, digest = _entry_pair(directory)
+        assert code.is_file() and not code.is_symlink() and code.stat().st_nlink == 1
+        assert stat.S_IMODE(code.stat().st_mode) == 0o600
+    assert other_code.read_bytes() and other_code.stat().st_nlink >= 1  # the other one intact
+    # And the next load of the (re)written entry uses it.
+    with wasm.WasmHost() as host, host.load(Path(echo_wasm)).instantiate() as instance:
+        assert instance.call("echo", b"again") == b"again"
+
+
+@pytest.fixture
+def multi_wasm(wasm_fixture: Fixture) -> Path:
+    return wasm_fixture("multi")
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_the_cache_stays_within_its_byte_bound(cache_dir: Path, wasm_fixture: Fixture) -> None:
+    names = ["echo", "multi", "metadata", "sender", "logger", "trap", "spin", "recursion"]
+    with wasm.WasmHost(cache_max_bytes=60_000) as host:
+        for name in names:
+            host.load(wasm_fixture(name))
+        total = sum(p.stat().st_size for p in cache_dir.iterdir())
+        assert total <= 60_000 + 4096, total
+        assert 1 <= len(entries(cache_dir)) < len(names)
+        # Pruned or not, every module still loads (from the cache or compiled again).
+        for name in names:
+            assert host.load(wasm_fixture(name)).handlers
