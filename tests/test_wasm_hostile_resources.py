@@ -312,3 +312,27 @@ def test_the_process_wide_host_is_replaced_after_it_is_closed(echo_wasm: Path) -
     assert not first.closed
     with wasm.load(echo_wasm).instantiate() as instance:
         assert instance.call("echo", b"z") == b"z"
+
+
+@in_child
+def test_function_names_a_caller_makes_up_do_not_accumulate_in_the_host(call_path: str) -> None:
+    dispatching = guest('(func (export "spear_dispatch") (result i32) (i32.const 0))')
+
+    async def main() -> None:
+        async with spear.WasmRuntime() as runtime:
+            channel = (await runtime.start_instance("d", artifact=dispatching)).channel
+            for n in range(3000):
+                response = await channel.request_response(ExecutionRequest("r", f"f{n}", b""))
+                assert response.ok
+            session = channel.session
+            assert len(session._guest.handlers) <= 1024  # type: ignore[union-attr]
+            assert len(channel._fast_streak) <= 2048 and len(channel._needed) <= 1024
+
+    asyncio.run(main())
+    # A module without dispatch answers unknown names without listing thousands of handlers.
+    many = "".join(f'(func (export "spear.handler.h{n}") (result i32) (i32.const 0))'
+                   for n in range(500))
+    with wasm.load(guest(many)).instantiate() as instance:
+        with pytest.raises(spear.ExecutionFailed, match=r"502 in all") as info:
+            instance.call("nope" * 1000, b"")
+        assert len(str(info.value)) < 2000

@@ -53,6 +53,7 @@ DEFAULT_INLINE_THRESHOLD_US = 500
 INLINE_MAX_INPUT = 1 << 20
 FAST_CALLS_BEFORE_INLINE = 3
 MAX_FAST_CALLS_BEFORE_INLINE = 3 << 10
+MAX_LEARNED_HANDLERS = 1024  # handler names whose speed the channel remembers
 MAX_HEALTH_ANSWERS = 16  # unreceived answers to `send(HealthCheck())`; older ones are dropped
 MAX_LOOP_BUDGET = 1.0
 _perf_counter = time.perf_counter
@@ -253,6 +254,8 @@ class MemoryChannel(CommunicationChannel):
     def _learn(self, function: str, elapsed: float) -> None:
         if self._dispatch != "auto":
             return
+        if function not in self._fast_streak and len(self._fast_streak) >= MAX_LEARNED_HANDLERS:
+            return  # names callers make up must not grow this without end: they stay threaded
         if elapsed <= self._inline_threshold:
             streak = self._fast_streak.get(function, 0) + 1
             self._fast_streak[function] = streak
@@ -264,10 +267,12 @@ class MemoryChannel(CommunicationChannel):
 
     def _caught_slow(self, function: str) -> None:
         """An inline call ran past the loop budget: off the loop, and longer to come back."""
-        self._fast_streak[function] = 0
         self._inline.discard(function)
-        self._needed[function] = min(MAX_FAST_CALLS_BEFORE_INLINE,
-                                     2 * self._needed.get(function, FAST_CALLS_BEFORE_INLINE))
+        if function in self._needed or len(self._needed) < MAX_LEARNED_HANDLERS:
+            self._fast_streak[function] = 0
+            self._needed[function] = min(
+                MAX_FAST_CALLS_BEFORE_INLINE,
+                2 * self._needed.get(function, FAST_CALLS_BEFORE_INLINE))
 
     def _after_mail(self) -> None:
         self._sent_seen = self._mailbox.sent_count

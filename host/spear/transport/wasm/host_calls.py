@@ -117,9 +117,18 @@ def _i32(slot: Any) -> int:
 
 def _send(context: InstanceContext, caller: Any, args: Any) -> None:
     memory = context.memory_for(caller, "spear.send")
-    topic = memory.read(_i32(args[0]), _i32(args[1]), "spear.send topic")
-    data = memory.read(_i32(args[2]), _i32(args[3]), "spear.send data")
-    args[0].i32 = context.mailbox.guest_send(topic, data)
+    topic_ptr, topic_len = memory.check(_i32(args[0]), _i32(args[1]), "spear.send topic")
+    data_ptr, data_len = memory.check(_i32(args[2]), _i32(args[3]), "spear.send data")
+    mailbox = context.mailbox
+    if topic_len + data_len > mailbox.max_message_size:
+        args[0].i32 = abi.ERR_TOO_LARGE  # refused before copying anything
+        return
+    if not mailbox.has_room(topic_len + data_len):
+        args[0].i32 = abi.ERR_FULL
+        return
+    view = memory.view
+    args[0].i32 = mailbox.guest_send(view[topic_ptr:topic_ptr + topic_len].tobytes(),
+                                     view[data_ptr:data_ptr + data_len].tobytes())
 
 
 def _recv(context: InstanceContext, caller: Any, args: Any) -> None:

@@ -80,6 +80,12 @@ class Mailbox:
 
     # ------------------------------------------------------------------ guest side
 
+    def has_room(self, size: int) -> bool:
+        """Whether the outbox could take a message of `size` bytes now."""
+        limits = self.limits
+        return (len(self._outbox) + len(self._pending) < limits.outbox_messages
+                and self._outbox_bytes + self._pending_bytes + size <= limits.outbox_bytes)
+
     def guest_send(self, topic: bytes, data: bytes) -> int:
         size = len(topic) + len(data)
         if size > self.max_message_size:

@@ -44,6 +44,7 @@ class WasmModule:
         self.sha256 = compiled.sha256
         exports = compiled.exports
         self.handlers = list(exports.handlers)
+        self.handler_names = frozenset(exports.handlers)
         self.has_dispatch = exports.has_dispatch
         self.has_initialize = exports.has_initialize
         self.uses_wasi = compiled.uses_wasi

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from spear.errors import ChannelClosed, ExecutionFailed
+from spear.errors import ChannelClosed, ExecutionFailed, InvalidConfiguration
 from spear.transport.wasm import abi
 from spear.transport.wasm.arguments import as_input, check_function, check_timeout, encode_metadata
 from spear.transport.wasm.guest import LiveGuest, spawn_guest
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from spear.transport.wasm.python_path import PythonCallPath
 
 _monotonic_ns = time.monotonic_ns
+MAX_PREPARED_HANDLERS = 1024  # handlers prepared and kept per instance
+MAX_LISTED_HANDLERS = 50  # handler names an error message lists
 
 
 def _ns(seconds: float) -> int:
@@ -139,6 +141,8 @@ class GuestSession:
     def execute(self, function: str, input: bytes, timeout: float | None,
                 metadata: dict[str, str] | None, budget: float | None = None) -> CallResult:
         """Run handler `function`; a failure comes back as a `CallFailure` (no exception)."""
+        if type(function) is not str:
+            check_function(function)
         if type(input) is not bytes:
             input = as_input(input)
         if timeout is not None and (type(timeout) is not float
@@ -166,9 +170,7 @@ class GuestSession:
             if handler is None:
                 handler = self._resolve(guest, function)
                 if handler is None:
-                    return CallFailure(
-                        False, f"module has no handler named {function!r} (handlers: "
-                        f"{', '.join(self.module.handlers) or 'none'})", "no_such_handler")
+                    return self._no_such_handler(function)
             total = handler.name_len + len(meta) + len(input)
             if total > guest.control.room:
                 started = _monotonic_ns()
@@ -188,9 +190,8 @@ class GuestSession:
             return result
 
     def _resolve(self, guest: LiveGuest, function: str) -> Any:
-        check_function(function)
         module = self.module
-        if function in module.handlers:
+        if function in module.handler_names:
             func = guest.func(abi.HANDLER_PREFIX + function)
         elif module.has_dispatch:
             func = guest.func(abi.EXPORT_DISPATCH)
@@ -199,11 +200,20 @@ class GuestSession:
         try:
             name = function.encode()
         except UnicodeEncodeError as exc:
-            from spear.errors import InvalidConfiguration
-
             raise InvalidConfiguration(f"function is not valid UTF-8: {exc}") from None
-        handler = guest.handlers[function] = self._path.prepare(func, name)
+        handler = self._path.prepare(func, name)
+        # Names a caller makes up (through spear_dispatch) must not grow the host without end.
+        if len(guest.handlers) < MAX_PREPARED_HANDLERS:
+            guest.handlers[function] = handler
         return handler
+
+    def _no_such_handler(self, function: str) -> CallFailure:
+        names = self.module.handlers
+        listed = ", ".join(names[:MAX_LISTED_HANDLERS]) or "none"
+        if len(names) > MAX_LISTED_HANDLERS:
+            listed += f", ... ({len(names)} in all)"
+        return CallFailure(False, f"module has no handler named {function[:200]!r} "
+                           f"(handlers: {listed})", "no_such_handler")
 
     def _make_room(self, guest: LiveGuest, function: str, total: int, timeout: float | None,
                    budget: float | None) -> CallFailure | None:
