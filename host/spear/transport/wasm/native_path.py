@@ -60,6 +60,7 @@ class NativeCallPath:
         fast.memory = to_native(guest.memory.handle)
         fast.ctrl = guest.control.address
         fast.deadline_armed = 0  # Python-side entries leave no deadline armed
+        fast.interrupt_at_ns = 0
         self._memory = guest.memory
         self.memory_changed()
         self.request_buffer_changed(guest)

@@ -120,10 +120,12 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
         f->deadline_armed = 1;
         f->interrupt_at_ns = now + interrupt_ns;
         spear_ticker_enter(f->ticker);
-    } else if (f->deadline_armed) {
-        ((set_deadline_fn)f->set_deadline)(f->context, NO_DEADLINE);
-        f->deadline_armed = 0;
+    } else {
         f->interrupt_at_ns = 0;
+        if (f->deadline_armed) {
+            ((set_deadline_fn)f->set_deadline)(f->context, NO_DEADLINE);
+            f->deadline_armed = 0;
+        }
     }
     f->trap = 0;
     f->error = ((call_unchecked_fn)f->call_unchecked)(f->context, h->func, f->slots, 1,
