@@ -122,7 +122,7 @@ def test_spinning_guest_times_out_and_the_next_call_works(spin_module: wasm.Wasm
             instance.call("spin", b"", timeout=0.2)
         elapsed = time.monotonic() - started
         assert isinstance(info.value, TimeoutError)
-        assert 0.2 <= elapsed < 0.3, elapsed
+        assert 0.2 <= elapsed < 0.45, elapsed  # a loaded machine can delay the tick
         assert "spin" in str(info.value)
         assert instance.replacements == 1
         assert instance.call("echo", b"after") == b"after"

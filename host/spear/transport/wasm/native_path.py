@@ -109,9 +109,9 @@ class NativeCallPath:
             if end > memory.size:  # type: ignore[union-attr]
                 memory.refresh()  # type: ignore[union-attr]
             return memory.view[out_ptr:end].tobytes()  # type: ignore[union-attr]
-        return self._outcome(result, function)
+        return self.outcome(result, function)
 
-    def _outcome(self, result: int, function: str) -> CallResult:
+    def outcome(self, result: int, function: str) -> CallResult:
         """Everything but plain success from the native call."""
         fast = self.native_struct
         if result == FAST_TRAPPED:
