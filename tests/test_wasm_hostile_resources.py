@@ -273,7 +273,7 @@ def test_loading_ever_new_modules_keeps_fds_and_memory_flat(call_path: str) -> N
         with host.load(distinct_module(n)).instantiate() as instance:
             assert instance.call("echo", b"x") == b"x"
     assert len(host.modules) == 16
-    assert open_fds() - fds <= 4, (fds, open_fds())
+    assert open_fds() - fds <= 2, (fds, open_fds())
     assert rss() - memory < 48 * MiB, (memory, rss())
     host.close()
 

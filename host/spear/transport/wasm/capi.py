@@ -60,6 +60,7 @@ void wasmtime_config_max_wasm_stack_set(wasm_config_t *, size_t);
 void wasmtime_config_parallel_compilation_set(wasm_config_t *, bool);
 void wasmtime_config_memory_may_move_set(wasm_config_t *, bool);
 void wasmtime_config_memory_reservation_set(wasm_config_t *, uint64_t);
+void wasmtime_config_memory_init_cow_set(wasm_config_t *, bool);
 wasm_engine_t *wasm_engine_new_with_config(wasm_config_t *);
 void wasm_engine_delete(wasm_engine_t *);
 void wasmtime_engine_increment_epoch(wasm_engine_t *);

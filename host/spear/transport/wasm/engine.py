@@ -26,7 +26,7 @@ class EngineOptions:
         """Names the engine configuration in the compiled-module cache (with the version)."""
         return (f"wasmtime={WASMTIME_VERSION},fuel={int(self.fuel)},"
                 f"stack={self.max_wasm_stack},epoch=1,reservation={MEMORY_RESERVATION},"
-                "may_move=0")
+                "may_move=0,cow=0")
 
 
 class Engine(Managed):
@@ -42,6 +42,9 @@ class Engine(Managed):
         # for life, so the host's view of guest memory stays valid across `memory.grow`.
         lib.wasmtime_config_memory_reservation_set(config, MEMORY_RESERVATION)
         lib.wasmtime_config_memory_may_move_set(config, False)
+        # No copy-on-write memory images: each would hold a file descriptor (a memfd) per
+        # compiled module; data segments are copied at instantiation instead.
+        lib.wasmtime_config_memory_init_cow_set(config, False)
         ptr = lib.wasm_engine_new_with_config(config)  # takes ownership of config
         if ptr == ffi.NULL:
             raise RuntimeError("wasmtime could not create an engine")

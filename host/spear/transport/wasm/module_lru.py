@@ -1,8 +1,9 @@
 """Compiled modules kept for reuse, bounded by count and bytes, least recently used first out.
 
 The LRU only keeps modules warm: an evicted module stays alive while a `WasmModule` or an
-instance still uses it and is freed (code, memory image, its file descriptor) with the last
-of them, so a host that loads ever new modules holds a bounded number of them.
+instance still uses it and is freed with the last of them, so a host that loads ever new
+modules holds a bounded number of them (and, the engine making no copy-on-write images, no
+file descriptor for any of them).
 """
 
 from __future__ import annotations
