@@ -16,7 +16,14 @@ from pathlib import Path
 
 from bench.table import Row, render
 
-SECTIONS = ["bench.wasm", "bench.process", "bench.grpc", "bench.invocation"]
+SECTIONS = [
+    "bench.wasm",
+    "bench.process",
+    "bench.grpc",
+    "bench.invocation",
+    "bench.http",
+    "bench.guest_languages",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ taken prebuilt from wasm_fixtures/build/ (`just fixtures` builds them).
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -25,16 +26,41 @@ def _guest_sdk() -> ModuleType | None:
         return None
 
 
+GUEST_SUFFIXES = (".c", ".rs", ".zig")
+
+
+def fixture_source(name: str) -> Path:
+    """`echo` -> wasm_fixtures/echo.c; `echo.rs`, `echo.zig` name their language."""
+    return FIXTURE_SOURCES / (name if Path(name).suffix in GUEST_SUFFIXES else f"{name}.c")
+
+
+def prebuilt_fixture(name: str) -> Path:
+    """Where `just fixtures` puts it: echo.c -> echo.wasm, echo.rs -> echo.rs.wasm."""
+    src = fixture_source(name)
+    return FIXTURE_BUILD / (f"{src.stem}.wasm" if src.suffix == ".c" else f"{src.name}.wasm")
+
+
+def toolchains_required() -> bool:
+    """In CI (.ci/run sets it) a missing guest toolchain fails a test instead of skipping it."""
+    return os.environ.get("SPEAR_REQUIRE_TOOLCHAINS") == "1"
+
+
 def build_fixture(name: str) -> Path:
-    """Build wasm_fixtures/NAME.c into wasm_fixtures/build/NAME.wasm unless it is current."""
+    """Build wasm_fixtures/NAME.c (or NAME.rs, NAME.zig when named so) into
+    wasm_fixtures/build/ unless it is current."""
     sdk = _guest_sdk()
     if sdk is None:
-        built = FIXTURE_BUILD / f"{name}.wasm"
+        built = prebuilt_fixture(name)
         if not built.is_file():
             pytest.fail(f"{built} is missing and spear-guest is not installed to build it; "
                         "run `just fixtures` first", pytrace=False)
         return built
-    path: Path = sdk.build_cached(FIXTURE_SOURCES / f"{name}.c", FIXTURE_BUILD)
+    try:
+        path: Path = sdk.build_cached(fixture_source(name), FIXTURE_BUILD)
+    except sdk.ToolchainMissing as exc:
+        if toolchains_required():
+            raise
+        pytest.skip(f"{name}: {exc} ({exc.hint})")
     return path
 
 
@@ -47,3 +73,9 @@ def wasm_fixture() -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def echo_wasm() -> Path:
     return build_fixture("echo")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guest_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """spear-guest keeps its compiled Rust crate in a per-session directory, not in HOME."""
+    os.environ.setdefault("SPEAR_GUEST_CACHE_DIR", str(tmp_path_factory.mktemp("guest-cache")))

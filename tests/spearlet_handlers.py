@@ -31,3 +31,10 @@ async def tagged_slow(request: ExecutionRequest) -> bytes:
     """Sleeps for the milliseconds given as input, then answers `pid:input`."""
     await asyncio.sleep(int(request.input_data or b"0") / 1000.0)
     return f"{os.getpid()}:".encode() + request.input_data
+
+
+async def chatty(request: ExecutionRequest) -> bytes:
+    """Prints a line to stdout and one to stderr (the host logs them), then echoes."""
+    print(f"chatty says {request.input_data.decode(errors='replace')}", flush=True)
+    print("chatty warns", file=__import__("sys").stderr, flush=True)
+    return request.input_data

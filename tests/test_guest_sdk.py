@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+import os
 import struct
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import wasmtime
+from guest_oracle import CB_SIZE, MAGIC, PAGE, Host, new_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "wasm_fixtures"
@@ -28,9 +31,6 @@ except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(ROOT / "guest_sdk"))
     import spear_guest
 
-MAGIC = 0x52455053
-CB_SIZE = 80
-PAGE = 65536
 
 HANDLERS: dict[str, set[str]] = {
     "echo": {"echo"},
@@ -45,8 +45,13 @@ HANDLERS: dict[str, set[str]] = {
     "recursion": {"recurse", "echo"},
     "large_output": {"large", "echo"},
     "bad_abi": {"echo"},
+    "greet": {"greet", "meta", "fail", "pull", "clock"},
 }
-IMPORTS: dict[str, set[str]] = {"sender": {"send", "recv"}, "logger": {"log", "now"}}
+IMPORTS: dict[str, set[str]] = {
+    "sender": {"send", "recv"},
+    "logger": {"log", "now"},
+    "greet": {"send", "recv", "log", "now"},
+}
 
 
 @pytest.fixture(scope="session")
@@ -59,149 +64,7 @@ def fixtures() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def engine() -> wasmtime.Engine:
-    config = wasmtime.Config()
-    config.consume_fuel = True
-    return wasmtime.Engine(config)
-
-
-class Host:
-    """A minimal by-hand implementation of the host side of the ABI v1."""
-
-    def __init__(
-        self,
-        engine: wasmtime.Engine,
-        path: Path,
-        *,
-        memory_limit: int | None = None,
-        outbox_limit: int = 1024,
-    ) -> None:
-        self.store = wasmtime.Store(engine)
-        self.store.set_fuel(10**12)
-        if memory_limit is not None:
-            self.store.set_limits(memory_size=memory_limit)
-        self.module = wasmtime.Module.from_file(engine, str(path))
-        self.outbox: list[tuple[bytes, bytes]] = []
-        self.inbox: list[tuple[bytes, bytes]] = []
-        self.logs: list[tuple[int, str]] = []
-        self.clock = 123_456_789_012
-        self.outbox_limit = outbox_limit
-        linker = wasmtime.Linker(engine)
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.define_func("spear", "send", wasmtime.FuncType([i32] * 4, [i32]), self._send, True)
-        linker.define_func("spear", "recv", wasmtime.FuncType([i32] * 5, [i32]), self._recv, True)
-        linker.define_func("spear", "log", wasmtime.FuncType([i32] * 3, []), self._log, True)
-        linker.define_func("spear", "now", wasmtime.FuncType([], [i64]), self._now)
-        self.instance = linker.instantiate(self.store, self.module)
-        exports = self.instance.exports(self.store)
-        memory = exports["memory"]
-        assert isinstance(memory, wasmtime.Memory)
-        self.memory = memory
-        self.exports = exports
-        self.cb = 0
-
-    # -- host imports ---------------------------------------------------------------------
-    def _mem(self, caller: wasmtime.Caller) -> wasmtime.Memory:
-        mem = caller.get("memory")
-        assert isinstance(mem, wasmtime.Memory)
-        return mem
-
-    def _send(self, caller: wasmtime.Caller, tp: int, tl: int, dp: int, dl: int) -> int:
-        if len(self.outbox) >= self.outbox_limit:
-            return -2
-        mem = self._mem(caller)
-        self.outbox.append(
-            (bytes(mem.read(caller, tp, tp + tl)), bytes(mem.read(caller, dp, dp + dl)))
-        )
-        return 0
-
-    def _recv(self, caller: wasmtime.Caller, tb: int, tc: int, db: int, dc: int, sp: int) -> int:
-        if not self.inbox:
-            return 0
-        mem = self._mem(caller)
-        topic, data = self.inbox[0]
-        mem.write(caller, struct.pack("<II", len(topic), len(data)), sp)
-        if len(topic) > tc or len(data) > dc:
-            return -4
-        mem.write(caller, topic, tb)
-        mem.write(caller, data, db)
-        self.inbox.pop(0)
-        return 1
-
-    def _log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-        self.logs.append((level, self._mem(caller).read(caller, ptr, ptr + length).decode()))
-
-    def _now(self) -> int:
-        return self.clock
-
-    # -- ABI ------------------------------------------------------------------------------
-    def func(self, name: str) -> Callable[..., Any]:
-        f = self.exports[name]
-        assert isinstance(f, wasmtime.Func)
-        return lambda *args: f(self.store, *args)
-
-    def u32(self, addr: int) -> int:
-        value: int = struct.unpack("<I", self.memory.read(self.store, addr, addr + 4))[0]
-        return value
-
-    def put_u32(self, addr: int, value: int) -> None:
-        self.memory.write(self.store, struct.pack("<I", value & 0xFFFFFFFF), addr)
-
-    def init(self) -> int:
-        assert self.func("spear_abi_version")() == 1
-        self.cb = self.func("spear_init")(1)
-        return self.cb
-
-    def mem_size(self) -> int:
-        return self.memory.data_len(self.store)
-
-    def call(
-        self, handler: str, data: bytes = b"", meta: list[tuple[str, str]] | None = None
-    ) -> tuple[int, bytes, int]:
-        """Returns (status, output, err_code); self.last holds the raw pointers."""
-        if not self.cb:
-            self.init()
-        name = handler.encode()
-        enc_meta = b"".join(
-            struct.pack("<I", len(k.encode()))
-            + k.encode()
-            + struct.pack("<I", len(v.encode()))
-            + v.encode()
-            for k, v in (meta or [])
-        )
-        total = len(name) + len(enc_meta) + len(data)
-        if total > self.u32(self.cb + 12):
-            assert self.func("spear_reserve")(total) == 0
-        req_ptr, req_cap = self.u32(self.cb + 8), self.u32(self.cb + 12)
-        assert req_cap >= total and req_ptr + req_cap <= self.mem_size()
-        name_ptr = req_ptr
-        meta_ptr = name_ptr + len(name)
-        input_ptr = meta_ptr + len(enc_meta)
-        self.memory.write(self.store, name + enc_meta + data, req_ptr)
-        fields = struct.pack(
-            "<IIIIIIIIQQIII",
-            name_ptr,
-            len(name),
-            meta_ptr,
-            len(enc_meta),
-            input_ptr,
-            len(data),
-            len(meta or []),
-            0,
-            7,
-            0,
-            0,
-            0,
-            0,
-        )
-        self.memory.write(self.store, fields, self.cb + 16)
-        status = self.func(f"spear.handler.{handler}")()
-        out_ptr, out_len, err = struct.unpack(
-            "<IIi", self.memory.read(self.store, self.cb + 64, self.cb + 76)
-        )
-        self.last = {"input_ptr": input_ptr, "out_ptr": out_ptr, "out_len": out_len}
-        if out_ptr + out_len > self.mem_size():
-            return status, b"<out of bounds>", err
-        return status, bytes(self.memory.read(self.store, out_ptr, out_ptr + out_len)), err
+    return new_engine()
 
 
 @pytest.fixture
@@ -588,9 +451,9 @@ def test_link_error_is_a_build_error(tmp_path: Path) -> None:
     assert "nope" in exc.value.summary
 
 
-def test_cli_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_cli_shows_the_whole_compiler_output_then_one_error_line(tmp_path: Path) -> None:
     src = tmp_path / "broken.c"
-    src.write_text("int f(void) { return 1 }\n")
+    src.write_text("int f(void) { return 1 }\nint g(void) { return x; }\n")
     proc = subprocess.run(
         [sys.executable, "-m", "spear_guest", "build", str(src), "-o", str(tmp_path / "b.wasm")],
         capture_output=True,
@@ -600,9 +463,11 @@ def test_cli_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1 and lines[0].startswith("spear-guest: error: ") and "broken.c:1" in lines[0]
-    )
+    # both errors, with clang's source excerpts, not only the first line
+    assert any("broken.c:1:" in line and "error" in line for line in lines)
+    assert any("broken.c:2:" in line and "undeclared identifier 'x'" in line for line in lines)
+    assert "2 errors generated." in proc.stderr
+    assert lines[-1].startswith("spear-guest: error: ") and "broken.c:1" in lines[-1]
 
 
 def test_cli_build_and_build_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -614,9 +479,40 @@ def test_cli_build_and_build_all(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out.is_file() and "built" in capsys.readouterr().out
     assert main(["build", str(FIXTURES / "echo.c"), "-o", str(out), "--stack-size", "100"]) == 1
     assert "multiple of 16" in capsys.readouterr().err
-    assert main(["build-all", str(FIXTURES), "-o", str(tmp_path / "all")]) == 0
+    c_only = tmp_path / "c_only"
+    c_only.mkdir()
+    for name in HANDLERS:
+        (c_only / f"{name}.c").write_text((FIXTURES / f"{name}.c").read_text())
+    assert main(["build-all", str(c_only), "-o", str(tmp_path / "all")]) == 0
     assert {p.stem for p in (tmp_path / "all").glob("*.wasm")} == set(HANDLERS)
     assert main(["build-all", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")]) == 1
+
+
+def test_build_all_says_which_modules_it_built_and_which_were_up_to_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spear_guest.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("echo", "multi"):
+        (src / f"{name}.c").write_text((FIXTURES / f"{name}.c").read_text())
+    out = tmp_path / "out"
+    assert main(["build-all", str(src), "-o", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in first[:2]] == ["built", "built"]
+    assert first[-1] == "2 built, 0 up to date"
+    (src / "multi.c").write_text((src / "multi.c").read_text() + "\n/* changed */\n")
+    assert main(["build-all", str(src), "-o", str(out)]) == 0
+    second = capsys.readouterr().out.splitlines()
+    assert second[0].startswith(f"up to date {out / 'echo.wasm'} (")
+    assert second[1].startswith(f"built {out / 'multi.wasm'} (")
+    assert second[-1] == "1 built, 1 up to date"
+    results = spear_guest.build_all(src, out)
+    assert [(r.path.name, r.status) for r in results] == [
+        ("echo.wasm", "up to date"),
+        ("multi.wasm", "up to date"),
+    ]
 
 
 def test_stack_size_flag(engine: wasmtime.Engine, tmp_path: Path) -> None:
@@ -649,9 +545,9 @@ def test_build_cached_skips_up_to_date_builds(
     real_compile = build_mod._compile
     compiles: list[Path] = []
 
-    def counting(src: Path, out: Path, flags: Any) -> None:
+    def counting(toolchain: Any, src: Path, out: Path, options: Any) -> Any:
         compiles.append(src)
-        real_compile(src, out, flags)
+        return real_compile(toolchain, src, out, options)
 
     monkeypatch.setattr(build_mod, "_compile", counting)
     assert spear_guest.build_cached(src, tmp_path / "out") == out
@@ -684,3 +580,203 @@ def test_build_cached_concurrent(engine: wasmtime.Engine, tmp_path: Path) -> Non
     mtime = results[0].stat().st_mtime_ns
     spear_guest.build_cached(src, out_dir)
     assert results[0].stat().st_mtime_ns == mtime
+
+
+# -- what the build does for C guests ---------------------------------------------------------
+
+C_LIBC_NAMES = r"""
+#include "spear.h"
+
+/* strlen, memcmp and memcpy are spear.h's own (freestanding); clang must not compile their
+ * loops into calls to themselves */
+SPEAR_HANDLER(len) {
+    char *s = (char *)spear_alloc(req->input_len + 1);
+    if (s == NULL) return spear_error(SPEAR_CODE_NOMEM, "oom");
+    memcpy(s, req->input, req->input_len);
+    s[req->input_len] = 0;
+    char *out = (char *)spear_alloc(20);
+    return spear_output(out, spear_fmt_u64(out, strlen(s)));
+}
+
+SPEAR_HANDLER(cmp) {
+    uint32_t half = req->input_len / 2;
+    int c = memcmp(req->input, req->input + half, half);
+    return spear_output_str(c == 0 ? "same" : c < 0 ? "less" : "more");
+}
+
+/* 128-bit multiply and divide: compiler-rt's __multi3 and __udivti3 */
+SPEAR_HANDLER(wide) {
+    uint64_t a, b;
+    if (req->input_len != 16) return spear_error(400, "16 bytes");
+    memcpy(&a, req->input, 8);
+    memcpy(&b, req->input + 8, 8);
+    unsigned __int128 p = (unsigned __int128)a * b;
+    unsigned __int128 q = p / (b | 1);
+    uint64_t *out = (uint64_t *)spear_alloc(32);
+    out[0] = (uint64_t)p;
+    out[1] = (uint64_t)(p >> 64);
+    out[2] = (uint64_t)q;
+    out[3] = (uint64_t)(q >> 64);
+    return spear_output(out, 32);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def libc_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("libc_names")
+    (d / "names.c").write_text(C_LIBC_NAMES)
+    return spear_guest.build(d / "names.c", d / "names.wasm")
+
+
+def test_strlen_and_memcmp_answer_instead_of_calling_themselves(
+    engine: wasmtime.Engine, libc_names: Path
+) -> None:
+    h = Host(engine, libc_names)
+    for text in [b"", b"a", b"hello world", b"x" * 5000]:
+        assert h.call("len", text) == (0, str(len(text)).encode(), 0)
+    assert h.call("cmp", b"abab") == (0, b"same", 0)
+    assert h.call("cmp", b"abac") == (0, b"less", 0)
+    assert h.call("cmp", b"acab") == (0, b"more", 0)
+
+
+def test_128_bit_arithmetic_links_against_compiler_rt(
+    engine: wasmtime.Engine, libc_names: Path
+) -> None:
+    h = Host(engine, libc_names)
+    for a, b in [(3, 5), (2**64 - 1, 2**64 - 1), (0x123456789ABCDEF, 0xFEDCBA987654321), (7, 0)]:
+        status, out, _ = h.call("wide", struct.pack("<QQ", a, b))
+        assert status == 0
+        lo, hi, qlo, qhi = struct.unpack("<QQQQ", out)
+        product = a * b
+        assert lo + (hi << 64) == product
+        assert qlo + (qhi << 64) == product // (b | 1)
+
+
+def test_debug_sections_are_stripped_unless_debug(tmp_path: Path) -> None:
+    from guest_support import wasm_sections
+
+    plain = spear_guest.build(FIXTURES / "multi.c", tmp_path / "plain.wasm")
+    debug = spear_guest.build(FIXTURES / "multi.c", tmp_path / "debug.wasm", debug=True)
+    plain_sections = wasm_sections(plain.read_bytes())
+    assert "name" in plain_sections  # traps still name functions
+    assert not [s for s in plain_sections if s.startswith(".debug")]
+    assert ".debug_info" in wasm_sections(debug.read_bytes())
+    assert plain.stat().st_size < debug.stat().st_size
+
+
+WARNS = """#include "spear.h"
+static int f(int x) { if (x) return 1; }
+SPEAR_HANDLER(w) { int x = 2; x == 3; return spear_output_str(f(x) ? "a" : "b"); }
+"""
+
+
+def test_compiler_warnings_are_shown_whole_and_the_module_is_built(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "warns.c"
+    src.write_text(WARNS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spear_guest", "build", str(src), "-o", str(tmp_path / "w.wasm")],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warns.c:2:" in proc.stderr and "-Wreturn-type" in proc.stderr
+    assert "warns.c:3:" in proc.stderr and "-Wunused-comparison" in proc.stderr
+    assert "2 warnings generated." in proc.stderr
+    assert proc.stdout.startswith(f"built {tmp_path / 'w.wasm'} (")
+    # the library returns them and logs them at WARNING
+    with caplog.at_level(logging.WARNING, logger="spear_guest"):
+        result = spear_guest.build_module(src, tmp_path / "w2.wasm")
+    assert "-Wreturn-type" in result.diagnostics and "-Wunused-comparison" in result.diagnostics
+    assert any("-Wreturn-type" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ('#include <stdio.h>\n#include "spear.h"\nSPEAR_HANDLER(x) { return 0; }\n', "stdio.h"),
+        ('#include "spear.h"\nvoid *malloc(unsigned long);\n'
+         "SPEAR_HANDLER(x) { return spear_output(malloc(4), 4); }\n", "malloc"),
+    ],
+)
+def test_libc_in_a_freestanding_guest_suggests_wasi(
+    tmp_path: Path, source: str, needle: str
+) -> None:
+    src = tmp_path / "libc.c"
+    src.write_text(source)
+    with pytest.raises(spear_guest.BuildError) as exc:
+        spear_guest.build(src, tmp_path / "libc.wasm")
+    assert needle in exc.value.hint and "--wasi" in exc.value.hint
+    proc = subprocess.run(
+        [sys.executable, "-m", "spear_guest", "build", str(src), "-o", str(tmp_path / "l.wasm")],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("spear-guest: hint: ") and "--wasi" in last and needle in last
+
+
+def test_slow_compiles_report_progress_while_they_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear_guest import runner
+
+    monkeypatch.setattr(runner, "PROGRESS_AFTER_S", 0.05)
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.1)
+    with caplog.at_level(logging.INFO, logger="spear_guest"):
+        done = runner.run_compiler(
+            [sys.executable, "-c",
+             "import sys, time; time.sleep(0.6); print('e', file=sys.stderr)"],
+            src=tmp_path / "slow.c", what="compiling", slow_hint="because it is slow",
+        )
+    assert done.returncode == 0 and done.output == "e\n"
+    messages = [r.getMessage() for r in caplog.records]
+    assert "still running" in messages[0] and "because it is slow" in messages[0]
+    assert len([m for m in messages if "still running" in m]) >= 2
+    assert "finished after" in messages[-1]
+
+
+def test_a_compiler_that_hangs_is_stopped(tmp_path: Path) -> None:
+    from spear_guest import runner
+
+    with pytest.raises(spear_guest.BuildError, match="timed out"):
+        runner.run_compiler([sys.executable, "-c", "import time; time.sleep(30)"],
+                            src=tmp_path / "hang.c", what="compiling", timeout=0.5)
+
+
+def test_build_all_names_a_missing_toolchain_and_skips_it_only_when_asked(
+    tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "echo.c").write_text((FIXTURES / "echo.c").read_text())
+    (src / "echo.rs").write_text((FIXTURES / "echo.rs").read_text())
+    env = {**os.environ, "SPEAR_GUEST_RUSTC": str(tmp_path / "no-such-rustc")}
+    cmd = [sys.executable, "-m", "spear_guest", "build-all", str(src), "-o", str(tmp_path / "o")]
+    strict = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert strict.returncode == 1
+    assert "no rustc with the wasm32-unknown-unknown standard library" in strict.stderr
+    assert "no-such-rustc" in strict.stderr and "libstd-rust-dev-wasm32" in strict.stderr
+    lenient = subprocess.run([*cmd, "--skip-unavailable"], capture_output=True, text=True,
+                             env=env, check=False)
+    assert lenient.returncode == 0, lenient.stderr
+    lines = lenient.stdout.splitlines()
+    assert any(line.startswith(f"skipped {src / 'echo.rs'}: no rustc") for line in lines)
+    assert lines[-1] == "0 built, 1 up to date, 1 skipped"  # echo.c was built by the first run
+    assert not (tmp_path / "o" / "echo.rs.wasm").exists()
+
+
+def test_output_names_keep_languages_apart() -> None:
+    assert spear_guest.output_name(Path("a/echo.c")) == "echo.wasm"
+    assert spear_guest.output_name(Path("a/echo.rs")) == "echo.rs.wasm"
+    assert spear_guest.output_name(Path("a/echo.zig")) == "echo.zig.wasm"
+    with pytest.raises(spear_guest.BuildError, match=r"don't know how to build \.cpp"):
+        spear_guest.output_name(Path("a/echo.cpp"))
+
+
+def test_sdk_paths_point_at_the_files_the_build_uses() -> None:
+    assert (spear_guest.sdk_path("c") / "spear.h").is_file()
+    assert (spear_guest.sdk_path("rust") / "Cargo.toml").is_file()
+    assert (spear_guest.sdk_path("rust") / "src" / "lib.rs").is_file()
+    assert spear_guest.sdk_path("zig").name == "spear.zig" and spear_guest.sdk_path("zig").is_file()

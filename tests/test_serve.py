@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -126,17 +127,22 @@ def post(server: ServeProcess, name: str, body: bytes, *, query: str = "",
                                      data=body, headers=headers or {}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), _headers(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), _headers(exc.headers)
+
+
+def _headers(message: Any) -> dict[str, str]:
+    """Header names as HTTP has them: case-insensitive (uvicorn sends them lower-case)."""
+    return {key.title(): value for key, value in message.items()}
 
 
 def get(server: ServeProcess, path: str) -> tuple[int, bytes, dict[str, str]]:
     try:
         with urllib.request.urlopen(f"http://{server.http}{path}", timeout=10) as response:
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), _headers(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), _headers(exc.headers)
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -274,18 +280,34 @@ def test_spear_invoke_over_grpc_and_http(server: ServeProcess) -> None:
 # -- the embedded default -----------------------------------------------------------------------
 
 
-def test_serve_without_config_runs_the_built_in_demo(tmp_path: Path) -> None:
+def test_serve_without_config_serves_the_prebuilt_demo_and_compiles_nothing(
+    tmp_path: Path, wasm_fixture: Callable[[str], Path]
+) -> None:
+    wasm_fixture("echo"), wasm_fixture("multi")  # `just fixtures` has built them
     process = ServeProcess("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-                           env={"XDG_CACHE_HOME": str(tmp_path)})
+                           env={"XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)})
     process.start()
     try:
         banner = "".join(process.output)
         assert "curl" in banner and "spear invoke echo" in banner
+        assert "wasm_fixtures/build" in banner
         assert post(process, "echo", b"demo")[:2] == (200, b"demo")
         assert post(process, "upper", b"demo")[:2] == (200, b"DEMO")
-        assert any((tmp_path / "spear" / "serve-demo").glob("*.wasm"))
+        # No guest built at run time (wasmtime's compiled-module cache may hold .cwasm files).
+        assert not list(tmp_path.rglob("*.wasm"))
+        assert not (tmp_path / "spear" / "serve-demo").exists()
     finally:
         assert process.stop() == 0
+
+
+def test_the_demo_without_prebuilt_guests_is_one_clear_line(tmp_path: Path) -> None:
+    from spear.errors import InvalidConfiguration
+    from spear.invocation.serve_config import demo_config
+
+    with pytest.raises(InvalidConfiguration) as refused:
+        demo_config(build_dirs=[tmp_path / "wasm_fixtures" / "build"])
+    message = str(refused.value)
+    assert "just fixtures" in message and "--config" in message and "\n" not in message
 
 
 def test_a_bad_config_is_one_clear_error(tmp_path: Path) -> None:
@@ -328,3 +350,133 @@ env = {{ PYTHONPATH = {json.dumps(str(TESTS_DIR))} }}
             break
         assert time.monotonic() < deadline, "the worker outlived spear serve"
         time.sleep(0.05)
+
+
+# -- drain, logs, ports, exit codes -------------------------------------------------------------
+
+
+def _slow_config(tmp_path: Path, drain_s: float, extra: str = "") -> Path:
+    config = tmp_path / "spear.toml"
+    config.write_text(f"""
+[server]
+http = "127.0.0.1:0"
+grpc = "127.0.0.1:0"
+drain_s = {drain_s}
+{extra}
+[[functions]]
+name = "slow"
+runtime = "process"
+command = [{json.dumps(sys.executable)}, "-m", "spear.worker", "spearlet_handlers:slow"]
+env = {{ PYTHONPATH = {json.dumps(str(TESTS_DIR))} }}
+
+[[functions]]
+name = "chatty"
+runtime = "process"
+command = [{json.dumps(sys.executable)}, "-m", "spear.worker", "spearlet_handlers:chatty"]
+env = {{ PYTHONPATH = {json.dumps(str(TESTS_DIR))} }}
+""")
+    return config
+
+
+def _in_background(fn: Callable[[], tuple[int, bytes, dict[str, str]]]) -> list[Any]:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    result.append(thread)
+    return result
+
+
+def test_sigterm_drains_running_requests_and_says_503_meanwhile(tmp_path: Path) -> None:
+    process = ServeProcess("--config", str(_slow_config(tmp_path, drain_s=20))).start()
+    running = _in_background(lambda: post(process, "slow", b"1500"))
+    time.sleep(0.5)  # the request is running
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    health = get(process, "/healthz")
+    assert health[0] == 503 and json.loads(health[1])["status"] == "draining"
+    refused = post(process, "slow", b"1")
+    assert refused[0] == 503 and refused[2]["X-Spear-Error-Code"] == "draining"
+    with grpc.insecure_channel(process.grpc) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    running[0].join(10)
+    assert running[1][:2] == (200, b"1500")  # the running request finished normally
+    assert process.proc.wait(20) == 0
+    assert "Traceback" not in "".join(process.output)
+
+
+def test_when_the_drain_time_is_up_running_requests_still_get_an_answer(tmp_path: Path) -> None:
+    process = ServeProcess("--config", str(_slow_config(tmp_path, drain_s=0.5))).start()
+    running = _in_background(lambda: post(process, "slow", b"8000"))
+    time.sleep(0.5)
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGINT)
+    running[0].join(15)
+    assert running[1][0] == 503
+    assert process.proc.wait(20) == 0
+    output = "".join(process.output)
+    assert "Traceback" not in output and "CancelledError" not in output
+
+
+def test_a_second_serve_on_a_taken_grpc_port_fails(server: ServeProcess) -> None:
+    done = subprocess.run([sys.executable, "-m", "spear.cli.main", "serve", "--http", "off",
+                           "--grpc", server.grpc], capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert done.returncode == 1
+    assert "cannot listen for gRPC" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serving_nothing_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "spear.cli.main", "serve", "--http", "off",
+                           "--grpc", "off"], capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert done.returncode == 1 and "nothing to serve" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_spear_invoke_has_one_exit_code_for_a_timeout(server: ServeProcess) -> None:
+    for address in (server.grpc, f"http://{server.http}"):
+        done = spear_invoke("spin", "--input", "x", "--server", address)  # its limit: 0.2 s
+        assert done.returncode == 2, done.stderr
+        assert b"did not answer within 200 ms" in done.stderr
+        done = spear_invoke("py-echo", "--input", "x", "--timeout", "nan", "--server", address)
+        assert done.returncode == 2
+
+
+def test_json_logs_carry_access_records_failures_and_worker_output(
+    tmp_path: Path, wasm_fixture: Callable[[str], Path]
+) -> None:
+    guest = f"""
+[[functions]]
+name = "logger"
+runtime = "wasm"
+artifact = {json.dumps(str(wasm_fixture("logger")))}
+handler = "log"
+"""
+    config = _slow_config(tmp_path, drain_s=1)
+    config.write_text(config.read_text() + guest)
+    process = ServeProcess("--config", str(config), "-v", "--log-format", "json").start()
+    try:
+        assert post(process, "chatty", b"hi")[0] == 200
+        assert post(process, "logger", b"from the guest")[0] == 200
+        assert post(process, "slow", b"2000", query="?timeout=0.2")[0] == 504
+        time.sleep(0.5)
+    finally:
+        assert process.stop() == 0
+    records = [json.loads(line) for line in process.output if line.startswith("{")]
+    assert records, "".join(process.output)
+    access = [r for r in records if r.get("event") == "access" and r.get("function") == "chatty"]
+    assert access and access[0]["status"] == 200 and access[0]["request_id"]
+    assert isinstance(access[0]["duration_ms"], float)
+    failed = [r for r in records if r.get("event") == "invoke_failed"]
+    assert failed and failed[0]["level"] == "WARNING" and failed[0]["function"] == "slow"
+    assert failed[0]["kind"] == "timeout" and failed[0]["request_id"]
+    said = [r for r in records if "chatty says hi" in r["message"]]
+    assert said and said[0]["function"] == "chatty" and said[0]["instance_id"]
+    warned = [r for r in records if "chatty warns" in r["message"]]
+    assert warned and warned[0]["function"] == "chatty"
+    guest_lines = [r for r in records if r["message"] == "from the guest"]
+    assert guest_lines and all(r["function"] == "logger" for r in guest_lines)
+    assert guest_lines[0]["instance_id"].startswith("wasm:logger")

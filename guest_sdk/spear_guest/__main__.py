@@ -1,4 +1,4 @@
-"""``python -m spear_guest build SRC.c -o OUT.wasm``."""
+"""``python -m spear_guest build SRC -o OUT.wasm``."""
 
 from spear_guest.cli import main
 

@@ -1,114 +1,94 @@
-"""Compile C guests (using ``spear.h``) into spear ABI v1 WebAssembly modules with zig's clang."""
+"""Compile guests (C with ``spear.h``, Rust with the ``spear`` crate, Zig with ``spear.zig``)
+into spear ABI v1 WebAssembly modules; cache builds by a hash of everything they read."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-from collections.abc import Sequence
-from importlib import metadata
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from spear_guest.errors import BuildError, ToolchainMissing
+from spear_guest.options import DEFAULT_OPT, OPT_LEVELS, BuildOptions
+from spear_guest.sdk_files import include_dir
+from spear_guest.toolchains import SUFFIXES, Toolchain, for_source
+from spear_guest.toolchains.c import c_compile_command, c_flags
+from spear_guest.wasm_sections import strip_debug_sections
+
 __all__ = [
+    "DEFAULT_OPT",
     "OPT_LEVELS",
     "BuildError",
+    "BuildResult",
+    "ToolchainMissing",
     "build",
     "build_all",
     "build_cached",
+    "build_module",
     "compile_command",
     "compile_flags",
+    "guest_sources",
     "include_dir",
+    "output_name",
     "source_hash",
 ]
 
-#: ``-O`` values accepted by :func:`build` (zig-style names and clang levels) -> clang flag.
-OPT_LEVELS: dict[str, str] = {
-    "Debug": "-O0",
-    "ReleaseSafe": "-O2",
-    "ReleaseFast": "-O3",
-    "ReleaseSmall": "-Oz",
-    "0": "-O0",
-    "1": "-O1",
-    "2": "-O2",
-    "3": "-O3",
-    "s": "-Os",
-    "z": "-Oz",
-}
-DEFAULT_OPT = "2"
+log = logging.getLogger("spear_guest")
 
 # Bump when the flags or the output layout change in a way the hash would not see.
-_CACHE_FORMAT = "spear-guest-cache-1"
-_COMPILE_TIMEOUT_S = 300.0
+_CACHE_FORMAT = "spear-guest-cache-2"
 
 
-class BuildError(Exception):
-    """A guest failed to compile or link. ``stderr`` holds the compiler's full output."""
+@dataclass(frozen=True)
+class BuildResult:
+    """One module: where it is, whether this call compiled it (False: it was up to date, or
+    skipped), with which compiler, the compiler's diagnostics (warnings, whole) and how long
+    it took. ``skipped`` says why a source was not built (its toolchain is missing)."""
 
-    def __init__(self, message: str, *, src: Path | None = None, stderr: str = "") -> None:
-        super().__init__(message)
-        self.src = src
-        self.stderr = stderr
+    source: Path
+    path: Path
+    built: bool
+    toolchain: str
+    diagnostics: str = ""
+    seconds: float = 0.0
+    skipped: str = ""
 
     @property
-    def summary(self) -> str:
-        """One line: the first compiler error, or the message."""
-        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
-        first = next((line for line in lines if "error" in line), lines[-1] if lines else "")
-        return f"{self}: {first}" if first else str(self)
+    def status(self) -> str:
+        """``built``, ``up to date`` or ``skipped``."""
+        return "skipped" if self.skipped else "built" if self.built else "up to date"
 
-
-def include_dir() -> Path:
-    """The directory holding ``spear.h`` (pass it as ``-I`` to other toolchains)."""
-    return Path(__file__).resolve().parent / "include"
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
 
 
 def compile_flags(
     opt: str = DEFAULT_OPT,
     stack_size: int | None = None,
     extra_flags: Sequence[str] = (),
+    *,
+    wasi: bool = False,
+    debug: bool = False,
 ) -> list[str]:
-    """The clang flags used for a guest, without the include directory, source and output.
-
-    ``wasm32-freestanding`` (no libc, no WASI), ``-nostdlib`` (``spear.h`` defines the few
-    libc symbols the compiler may call), ``--no-entry`` (a reactor-style library with no
-    ``_start``), ``-g0`` (no DWARF; the ``name`` section stays, so traps name functions).
-    wasm-ld exports ``memory`` and defines ``__heap_base`` by default, and the stack is placed
-    first (default 1 MiB) so a shadow-stack overflow traps instead of corrupting data.
-    """
-    try:
-        level = OPT_LEVELS[opt.removeprefix("-O")]
-    except KeyError:
-        choices = ", ".join(OPT_LEVELS)
-        raise BuildError(f"unknown optimisation level {opt!r} (choose from {choices})") from None
-    flags = ["--target=wasm32-freestanding", level, "-g0", "-nostdlib", "-Wl,--no-entry"]
-    if level == "-O0":
-        # zig enables UBSan at -O0, whose runtime freestanding wasm does not have: make the
-        # checks trap instead (zig turns this flag on for every level, so only here).
-        flags.append("-fsanitize-trap=undefined")
-    if stack_size is not None:
-        if stack_size <= 0 or stack_size % 16:
-            raise BuildError(f"stack size must be a positive multiple of 16, got {stack_size}")
-        flags.append(f"-Wl,-z,stack-size={stack_size}")
-    flags.extend(extra_flags)
-    return flags
+    """The clang flags for a C guest, without the include directory, source and output."""
+    return c_flags(BuildOptions.make(opt, stack_size, extra_flags, wasi=wasi, debug=debug))
 
 
 def compile_command(src: Path, out: Path, flags: Sequence[str]) -> list[str]:
-    """The full command line that compiles ``src`` into ``out``."""
-    return [
-        sys.executable,
-        "-m",
-        "ziglang",
-        "cc",
-        *flags,
-        f"-I{include_dir()}",
-        str(src),
-        "-o",
-        str(out),
-    ]
+    """The full command line that compiles the C guest ``src`` into ``out``."""
+    return c_compile_command(Path(src), Path(out), list(flags))
+
+
+def output_name(src: Path) -> str:
+    """The module's file name in an output directory: ``echo.c`` -> ``echo.wasm``,
+    ``echo.rs`` -> ``echo.rs.wasm``, ``echo.zig`` -> ``echo.zig.wasm``."""
+    return for_source(Path(src)).output_name(Path(src))
 
 
 def _tmp_path(directory: Path, name: str) -> Path:
@@ -117,37 +97,54 @@ def _tmp_path(directory: Path, name: str) -> Path:
     return Path(tmp)
 
 
-def _compile(src: Path, out: Path, flags: Sequence[str]) -> None:
+def _compile(toolchain: Toolchain, src: Path, out: Path, options: BuildOptions) -> BuildResult:
     if not src.is_file():
         raise BuildError(f"{src}: no such source file", src=src)
+    toolchain.flags(options)  # reject bad options before touching the output directory
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Compile into a private temp dir under the final name (wasm-ld records the file name in
+    # Compile into a private temp dir under the final name (linkers record the file name in
     # the name section, so this keeps builds reproducible), then rename into place atomically.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)).resolve()
     tmp = tmp_dir / out.name
+    start = time.monotonic()
     try:
-        try:
-            proc = subprocess.run(
-                compile_command(src, tmp, flags),
-                capture_output=True,
-                text=True,
-                timeout=_COMPILE_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BuildError(
-                f"{src}: compiler timed out after {_COMPILE_TIMEOUT_S:.0f}s", src=src
-            ) from exc
-        if proc.returncode != 0:
-            stderr = proc.stderr or proc.stdout
-            if "No module named ziglang" in stderr:
-                raise BuildError("the ziglang package is not installed", src=src, stderr=stderr)
-            raise BuildError(f"{src}: compile failed", src=src, stderr=stderr)
+        diagnostics = toolchain.compile(src.resolve(), tmp, options)
         if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise BuildError(f"{src}: compiler produced no output", src=src, stderr=proc.stderr)
+            raise BuildError(f"{src}: compiler produced no output", src=src, stderr=diagnostics)
+        if not options.debug:
+            try:
+                tmp.write_bytes(strip_debug_sections(tmp.read_bytes()))
+            except ValueError as exc:
+                raise BuildError(f"{src}: compiler output is not a module ({exc})", src=src,
+                                 stderr=diagnostics) from exc
+        tmp.chmod(0o644)
         os.replace(tmp, out)  # atomic: readers see the old module or the new one
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    if diagnostics.strip():
+        log.warning("%s", diagnostics.rstrip())
+    return BuildResult(src, out, True, toolchain.describe(), diagnostics,
+                       time.monotonic() - start)
+
+
+def build_module(
+    src: Path,
+    out: Path,
+    *,
+    opt: str = DEFAULT_OPT,
+    stack_size: int | None = None,
+    extra_flags: Sequence[str] = (),
+    wasi: bool = False,
+    debug: bool = False,
+) -> BuildResult:
+    """Compile ``src`` (``.c``, ``.rs`` or ``.zig``) into the module ``out``, always.
+
+    Compiler warnings are logged at WARNING on the ``spear_guest`` logger and returned in the
+    result; progress of a slow build at INFO. Raises :class:`BuildError`.
+    """
+    src, out = Path(src), Path(out)
+    options = BuildOptions.make(opt, stack_size, extra_flags, wasi=wasi, debug=debug)
+    return _compile(for_source(src), src, out, options)
 
 
 def build(
@@ -157,23 +154,15 @@ def build(
     opt: str = DEFAULT_OPT,
     stack_size: int | None = None,
     extra_flags: Sequence[str] = (),
+    wasi: bool = False,
+    debug: bool = False,
 ) -> Path:
-    """Compile ``src`` into the module ``out`` (always recompiles). Raises :class:`BuildError`."""
-    src, out = Path(src), Path(out)
-    _compile(src, out, compile_flags(opt, stack_size, extra_flags))
-    return out
+    """Compile ``src`` into the module ``out`` (always recompiles); returns ``out``."""
+    return build_module(src, out, opt=opt, stack_size=stack_size, extra_flags=extra_flags,
+                        wasi=wasi, debug=debug).path
 
 
-def _zig_version() -> str:
-    try:
-        return metadata.version("ziglang")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def source_hash(src: Path, flags: Sequence[str]) -> str:
-    """Hash of everything a build depends on: the source, ``spear.h``, any ``*.h`` next to the
-    source, the flags and the zig version."""
+def _key(toolchain: Toolchain, src: Path, flags: Sequence[str]) -> str:
     h = hashlib.sha256()
 
     def part(label: str, data: bytes) -> None:
@@ -181,14 +170,21 @@ def source_hash(src: Path, flags: Sequence[str]) -> str:
         h.update(data)
 
     part("format", _CACHE_FORMAT.encode())
-    part("zig", _zig_version().encode())
+    part("toolchain", toolchain.identity().encode())
     part("flags", "\0".join(flags).encode())
     part("source", src.read_bytes())
-    for header in sorted(include_dir().glob("*.h")):
-        part(f"sdk/{header.name}", header.read_bytes())
-    for header in sorted(src.parent.glob("*.h")):
-        part(f"local/{header.name}", header.read_bytes())
+    for path in toolchain.sdk_files():
+        part(f"sdk/{path.name}", path.read_bytes())
+    for path in toolchain.local_inputs(src):
+        part(f"local/{path.name}", path.read_bytes())
     return h.hexdigest()
+
+
+def source_hash(src: Path, flags: Sequence[str]) -> str:
+    """Hash of everything a build depends on: the source, the SDK files of its language, the
+    files of its language (C: ``*.h``) next to the source, the flags and the compiler."""
+    src = Path(src)
+    return _key(for_source(src), src, flags)
 
 
 def _sidecar(out: Path) -> Path:
@@ -206,14 +202,15 @@ def _cache_hit(out: Path, key: str) -> bool:
     return recorded == [key, hashlib.sha256(module).hexdigest()]
 
 
-def _build_cached(src: Path, out_dir: Path, flags: Sequence[str], force: bool) -> Path:
+def _build_cached(src: Path, out_dir: Path, options: BuildOptions, force: bool) -> BuildResult:
     if not src.is_file():
         raise BuildError(f"{src}: no such source file", src=src)
-    key = source_hash(src, flags)
-    out = out_dir / f"{src.stem}.wasm"
+    toolchain = for_source(src)
+    key = _key(toolchain, src, toolchain.flags(options))
+    out = out_dir / toolchain.output_name(src)
     if not force and _cache_hit(out, key):
-        return out
-    _compile(src, out, flags)
+        return BuildResult(src, out, False, toolchain.describe())
+    result = _compile(toolchain, src, out, options)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     tmp = _tmp_path(out_dir, out.name + ".hash")
     try:
@@ -222,7 +219,7 @@ def _build_cached(src: Path, out_dir: Path, flags: Sequence[str], force: bool) -
         os.replace(tmp, _sidecar(out))
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+    return result
 
 
 def build_cached(
@@ -232,16 +229,26 @@ def build_cached(
     opt: str = DEFAULT_OPT,
     stack_size: int | None = None,
     extra_flags: Sequence[str] = (),
+    wasi: bool = False,
+    debug: bool = False,
 ) -> Path:
-    """Build ``src`` into ``out_dir/<stem>.wasm`` unless an up-to-date build is already there.
+    """Build ``src`` into ``out_dir/<name>`` (:func:`output_name`) unless an up-to-date build
+    is already there; returns the module's path.
 
-    The sidecar ``out_dir/<stem>.wasm.hash`` records the input hash (:func:`source_hash`) and
-    the sha256 of the module; on a hit nothing is written, so the module's mtime is unchanged.
-    Safe for concurrent callers: the module and the sidecar are each written to a temp file and
-    renamed into place.
+    The sidecar ``<module>.hash`` records the input hash (:func:`source_hash`) and the sha256
+    of the module; on a hit nothing is written, so the module's mtime is unchanged. Safe for
+    concurrent callers: the module and the sidecar are each written to a temp file and renamed
+    into place.
     """
-    flags = compile_flags(opt, stack_size, extra_flags)
-    return _build_cached(Path(src), Path(out_dir), flags, force=False)
+    options = BuildOptions.make(opt, stack_size, extra_flags, wasi=wasi, debug=debug)
+    return _build_cached(Path(src), Path(out_dir), options, force=False).path
+
+
+def guest_sources(src_dir: Path) -> list[Path]:
+    """The guests in ``src_dir``: every ``*.c``, ``*.rs`` and ``*.zig`` whose name does not
+    start with ``_`` or ``.`` (those are helpers that guests include)."""
+    return sorted(p for p in Path(src_dir).iterdir()
+                  if p.suffix in SUFFIXES and p.is_file() and not p.name.startswith(("_", ".")))
 
 
 def build_all(
@@ -251,16 +258,42 @@ def build_all(
     opt: str = DEFAULT_OPT,
     stack_size: int | None = None,
     extra_flags: Sequence[str] = (),
+    wasi: bool = False,
+    debug: bool = False,
     force: bool = False,
-) -> list[Path]:
-    """Build every ``*.c`` in ``src_dir`` into ``out_dir/<stem>.wasm``, skipping up-to-date
-    modules unless ``force`` (same cache as :func:`build_cached`). Raises :class:`BuildError`
-    for the first source that fails."""
+    skip_unavailable: bool = False,
+    on_result: Callable[[BuildResult], None] | None = None,
+) -> list[BuildResult]:
+    """Build every guest in ``src_dir`` (:func:`guest_sources`) into ``out_dir``, skipping
+    up-to-date modules unless ``force`` (same cache as :func:`build_cached`); each result
+    says whether it was built or found up to date. ``wasi`` applies to the C guests.
+    ``on_result`` sees each result as soon as it is ready. Raises :class:`BuildError` for the
+    first source that fails; with ``skip_unavailable``, a source whose toolchain is missing
+    is reported as skipped (with the reason) instead."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise BuildError(f"{src_dir}: no such directory")
-    sources = sorted(src_dir.glob("*.c"))
+    sources = guest_sources(src_dir)
     if not sources:
-        raise BuildError(f"{src_dir}: no *.c files")
-    flags = compile_flags(opt, stack_size, extra_flags)
-    return [_build_cached(src, out_dir, flags, force) for src in sources]
+        raise BuildError(f"{src_dir}: no guests ({', '.join('*' + s for s in SUFFIXES)})")
+    names: dict[str, Path] = {}
+    for src in sources:
+        name = output_name(src)
+        if name in names:
+            raise BuildError(f"{src} and {names[name]} would both build {out_dir / name}")
+        names[name] = src
+    results = []
+    for src in sources:
+        options = BuildOptions.make(opt, stack_size, extra_flags, debug=debug,
+                                    wasi=wasi and src.suffix == ".c")
+        try:
+            result = _build_cached(src, out_dir, options, force)
+        except ToolchainMissing as exc:
+            if not skip_unavailable:
+                raise
+            reason = f"{exc}; {exc.hint}" if exc.hint else str(exc)
+            result = BuildResult(src, out_dir / output_name(src), False, "", skipped=reason)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

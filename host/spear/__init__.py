@@ -48,6 +48,7 @@ from spear.stats import ChannelStats
 if TYPE_CHECKING:
     from spear.channel.factory import CommunicationFactory
     from spear.channel.strategy import CommunicationStrategy, CommunicationStrategyBuilder
+    from spear.invocation.asgi_app import asgi_app
     from spear.invocation.function_spec import FunctionSpec
     from spear.invocation.spearlet import Spearlet
     from spear.runtime.kubernetes import KubernetesRuntime
@@ -64,6 +65,7 @@ _LAZY = {
     "CommunicationStrategyBuilder": "spear.channel.strategy",
     "Spearlet": "spear.invocation.spearlet",
     "FunctionSpec": "spear.invocation.function_spec",
+    "asgi_app": "spear.invocation.asgi_app",
 }
 
 
@@ -114,4 +116,5 @@ __all__ = [
     "UnsupportedTransport",
     "WasmRuntime",
     "__version__",
+    "asgi_app",
 ]

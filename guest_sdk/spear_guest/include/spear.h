@@ -1,13 +1,14 @@
 /*
  * spear.h - header-only guest SDK for the spear WASM ABI v1 (see docs/wasm-abi.md).
  *
- * Target: freestanding wasm32 (no libc, no WASI). Build with `spear-guest build f.c -o f.wasm`.
+ * Targets: freestanding wasm32 (no libc: `spear-guest build f.c -o f.wasm`) and WASI preview 1
+ * with wasi-libc (`spear-guest build f.c -o f.wasm --wasi`, reactor model).
  *
  * Including this header once in a translation unit defines the whole guest runtime: the
  * exports `spear_abi_version`, `spear_init`, `spear_reserve`, the 80-byte control block, the
- * allocator and weak `memcpy`/`memmove`/`memset`/`memcmp`/`strlen`. One translation unit per
- * module is all you need. If a module has several, define SPEAR_DECLARE_ONLY before the include
- * in all but one of them.
+ * allocator and, freestanding only, weak `memcpy`/`memmove`/`memset`/`memcmp`/`strlen` (under
+ * WASI, libc has them). One translation unit per module is all you need. If a module has
+ * several, define SPEAR_DECLARE_ONLY before the include in all but one of them.
  *
  *     #include "spear.h"
  *
@@ -15,11 +16,11 @@
  *         return spear_output(req->input, req->input_len);
  *     }
  *
- * Memory model: linear memory above __heap_base is
- *     [ persistent region: request buffer, spear_alloc_persistent() ] [ per-call arena -> ]
- * The arena is reset at the start of every handler call, so anything from spear_alloc() lives
- * until the handler returns (long enough for the host to copy the output out). Allocation
- * failure returns NULL; memory is grown with memory.grow on demand.
+ * Memory model: the SDK owns only the pages it grew itself with memory.grow ("spans"), so it
+ * shares linear memory safely with malloc or any other allocator. The request buffer and
+ * spear_alloc_persistent() blocks come first; the per-call arena follows and is reset at the
+ * start of every handler call, so anything from spear_alloc() lives until the handler returns
+ * (long enough for the host to copy the output out). Allocation failure returns NULL.
  */
 #ifndef SPEAR_H
 #define SPEAR_H
@@ -132,12 +133,19 @@ _Static_assert(__builtin_offsetof(spear_control, out_len) == 68, "out_len");
 _Static_assert(__builtin_offsetof(spear_control, err_code) == 72, "err_code");
 _Static_assert(__builtin_offsetof(spear_control, reserved) == 76, "reserved");
 
+/* A span: pages the SDK grew itself, [span, end). The header sits at the start. */
+typedef struct spear__span {
+    struct spear__span *next; /* spans after the current one are free arena space */
+    uint8_t *end;             /* one past the last usable byte (a multiple of 8) */
+} spear__span;
+
 /* Runtime state (defined once, in the translation unit without SPEAR_DECLARE_ONLY). */
 extern spear_control spear__cb;
-extern uint8_t *spear__arena_base; /* reset point = end of the persistent region */
-extern uint8_t *spear__arena_top;  /* bump pointer */
-extern uint64_t spear__mem_end;    /* bytes of memory known to exist (refreshed lazily) */
-extern unsigned char __heap_base[]; /* defined by wasm-ld */
+extern spear__span *spear__reset_span; /* span holding the reset point */
+extern uint8_t *spear__reset_top;      /* reset point = end of the persistent data */
+extern spear__span *spear__cur;        /* span the arena is bumping in */
+extern uint8_t *spear__arena_top;      /* bump pointer */
+extern uint8_t *spear__arena_end;      /* spear__cur->end, cached for the fast path */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Host imports (module "spear"). A module imports only the ones it calls.                   */
@@ -267,37 +275,95 @@ SPEAR_INLINE int spear_parse_u64(const void *s, uint32_t len, uint64_t *out) {
 
 /* The allocator never hands out the last 64 KiB of the 4 GiB address space, so no pointer
  * arithmetic on its results wraps. */
-#define SPEAR__ADDR_LIMIT 0xFFFF0000ull
+#define SPEAR__ADDR_LIMIT 0xFFFF0000u
+#define SPEAR__PAGE 65536u
 
-SPEAR_INLINE uint64_t spear__align8(uint64_t x) { return (x + 7u) & ~(uint64_t)7u; }
+SPEAR_INLINE uint32_t spear__align8(uint32_t x) { return (x + 7u) & ~7u; }
 
-/* Make [0, end) exist in linear memory, growing it if needed. 1 on success. Slow path. */
-__attribute__((noinline, unused)) static int spear__ensure(uint64_t end) {
-    uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) << 16;
-    if (have > SPEAR__ADDR_LIMIT) have = SPEAR__ADDR_LIMIT;
-    spear__mem_end = have;
-    if (end <= have) return 1;
-    if (end > SPEAR__ADDR_LIMIT) return 0;
-    uint64_t need = (end - have + 0xFFFFu) >> 16;
-    if (need < SPEAR_GROW_MIN_PAGES &&
-        __builtin_wasm_memory_grow(0, SPEAR_GROW_MIN_PAGES) != (size_t)-1) {
-        /* grew by the minimum step */
-    } else if (__builtin_wasm_memory_grow(0, (size_t)need) == (size_t)-1) {
-        return 0;
+SPEAR_INLINE uint32_t spear__memory_end(void) {
+    uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) * SPEAR__PAGE;
+    return have > SPEAR__ADDR_LIMIT ? SPEAR__ADDR_LIMIT : (uint32_t)have;
+}
+
+/* memory.grow by `pages`, or by at least SPEAR_GROW_MIN_PAGES when that succeeds. Returns the
+ * start of the new pages (they belong to the caller alone) and their count, or 0. */
+__attribute__((noinline, unused)) static uint32_t spear__grow(uint32_t pages, uint32_t *got) {
+    size_t old = (size_t)-1;
+    if (pages < SPEAR_GROW_MIN_PAGES) {
+        old = __builtin_wasm_memory_grow(0, SPEAR_GROW_MIN_PAGES);
+        if (old != (size_t)-1) pages = SPEAR_GROW_MIN_PAGES;
     }
-    have = (uint64_t)__builtin_wasm_memory_size(0) << 16;
-    spear__mem_end = have > SPEAR__ADDR_LIMIT ? SPEAR__ADDR_LIMIT : have;
+    if (old == (size_t)-1) old = __builtin_wasm_memory_grow(0, pages);
+    if (old == (size_t)-1 || (uint64_t)old * SPEAR__PAGE >= SPEAR__ADDR_LIMIT) return 0;
+    *got = pages;
+    return (uint32_t)old * SPEAR__PAGE;
+}
+
+/* Make span s reach `need` by growing memory in place; only possible while s ends where
+ * memory ends (nobody else grew memory since). 1 on success. */
+__attribute__((noinline, unused)) static int spear__extend(spear__span *s, uint64_t need) {
+    uint32_t end = (uint32_t)(uintptr_t)s->end, got;
+    if (need <= end) return 1;
+    if (need > SPEAR__ADDR_LIMIT || end != spear__memory_end()) return 0;
+    uint32_t start = spear__grow((uint32_t)((need - end + SPEAR__PAGE - 1) / SPEAR__PAGE), &got);
+    if (start != end) return 0; /* failed (or, impossibly, not adjacent: those pages leak) */
+    uint64_t new_end = (uint64_t)start + (uint64_t)got * SPEAR__PAGE;
+    s->end = (uint8_t *)(uintptr_t)(new_end > SPEAR__ADDR_LIMIT ? SPEAR__ADDR_LIMIT : new_end);
+    if (s == spear__cur) spear__arena_end = s->end;
     return 1;
+}
+
+/* Slow path of spear_alloc: extend the current span, move to a later free span, or grow a new
+ * one (linked right after the current span, so every span after it stays free). */
+__attribute__((noinline, unused)) static void *spear__alloc_slow(uint32_t size) {
+    spear__span *s = spear__cur;
+    if (s != NULL) {
+        uint32_t p = spear__align8((uint32_t)(uintptr_t)spear__arena_top);
+        if (spear__extend(s, (uint64_t)p + size)) {
+            spear__arena_top = (uint8_t *)(uintptr_t)(p + size);
+            return (void *)(uintptr_t)p;
+        }
+        for (spear__span *n = s->next; n != NULL; n = n->next) {
+            uint8_t *q = (uint8_t *)(n + 1);
+            if (size <= (uint32_t)(n->end - q)) {
+                spear__cur = n;
+                spear__arena_end = n->end;
+                spear__arena_top = q + size;
+                return q;
+            }
+        }
+    }
+    uint64_t need = (uint64_t)sizeof(spear__span) + size;
+    uint32_t got, start = spear__grow((uint32_t)((need + SPEAR__PAGE - 1) / SPEAR__PAGE), &got);
+    if (start == 0) return NULL;
+    uint64_t end = (uint64_t)start + (uint64_t)got * SPEAR__PAGE;
+    if (end > SPEAR__ADDR_LIMIT) end = SPEAR__ADDR_LIMIT;
+    if ((uint64_t)start + need > end) return NULL;
+    spear__span *n = (spear__span *)(uintptr_t)start;
+    n->end = (uint8_t *)(uintptr_t)end;
+    if (s != NULL) {
+        n->next = s->next;
+        s->next = n;
+    } else {
+        n->next = NULL;
+        spear__reset_span = n; /* the very first span: the reset point starts here */
+        spear__reset_top = (uint8_t *)(n + 1);
+    }
+    spear__cur = n;
+    spear__arena_end = n->end;
+    spear__arena_top = (uint8_t *)(n + 1) + size;
+    return n + 1;
 }
 
 /* Allocate size bytes (8-byte aligned) in the per-call arena; NULL when memory is exhausted.
  * Valid until the next handler call starts. */
 SPEAR_INLINE void *spear_alloc(uint32_t size) {
-    uint64_t p = spear__align8((uint64_t)(uintptr_t)spear__arena_top);
-    uint64_t end = p + size;
-    if (end > spear__mem_end && !spear__ensure(end)) return NULL;
-    spear__arena_top = (uint8_t *)(uintptr_t)end;
-    return (void *)(uintptr_t)p;
+    uint32_t p = spear__align8((uint32_t)(uintptr_t)spear__arena_top);
+    if (p != 0 && size <= (uint32_t)(uintptr_t)spear__arena_end - p) {
+        spear__arena_top = (uint8_t *)(uintptr_t)(p + size);
+        return (void *)(uintptr_t)p;
+    }
+    return spear__alloc_slow(size);
 }
 
 /* Grow an arena allocation to new_size bytes, in place when it is the most recent one.
@@ -306,10 +372,10 @@ SPEAR_INLINE void *spear_realloc(void *ptr, uint32_t old_size, uint32_t new_size
     uint8_t *p = (uint8_t *)ptr;
     if (p == NULL) return spear_alloc(new_size);
     if (new_size <= old_size) return ptr;
-    if (p + old_size == spear__arena_top && p >= spear__arena_base) {
-        uint64_t end = (uint64_t)(uintptr_t)p + new_size;
-        if (end > spear__mem_end && !spear__ensure(end)) return NULL;
-        spear__arena_top = (uint8_t *)(uintptr_t)end;
+    int last = p + old_size == spear__arena_top &&
+               !(spear__cur == spear__reset_span && p < spear__reset_top); /* not persistent */
+    if (last && spear__extend(spear__cur, (uint64_t)(uintptr_t)p + new_size)) {
+        spear__arena_top = p + new_size;
         return ptr;
     }
     void *q = spear_alloc(new_size);
@@ -321,13 +387,19 @@ SPEAR_INLINE void *spear_realloc(void *ptr, uint32_t old_size, uint32_t new_size
  * spear_alloc() earlier in the same call becomes persistent too. NULL on failure. */
 SPEAR_INLINE void *spear_alloc_persistent(uint32_t size) {
     void *p = spear_alloc(size);
-    if (p != NULL) spear__arena_base = spear__arena_top;
+    if (p != NULL) {
+        spear__reset_span = spear__cur;
+        spear__reset_top = spear__arena_top;
+    }
     return p;
 }
 
-/* Bytes currently allocated in this call's arena. */
-SPEAR_INLINE uint32_t spear_arena_used(void) {
-    return (uint32_t)(spear__arena_top - spear__arena_base);
+/* Start a new call's arena: everything spear_alloc() handed out since the reset point is free. */
+SPEAR_INLINE void spear__arena_reset(void) {
+    spear__span *s = spear__reset_span;
+    spear__cur = s;
+    spear__arena_top = spear__reset_top;
+    spear__arena_end = s != NULL ? s->end : NULL;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -386,10 +458,10 @@ SPEAR_INLINE int spear_buf_reserve(spear_buf *b, uint32_t extra) {
     if (cap < 64) cap = 64;
     if (cap < need) cap = need;
     if (cap > 0xFFFFFFFFull) cap = need;
-    void *p = need > 0xFFFFFFFFull ? NULL : spear_realloc(b->data, b->len, (uint32_t)cap);
+    void *p = need > 0xFFFFFFFFull ? NULL : spear_realloc(b->data, b->cap, (uint32_t)cap);
     if (p == NULL && cap != need && need <= 0xFFFFFFFFull) {
         cap = need;
-        p = spear_realloc(b->data, b->len, (uint32_t)cap);
+        p = spear_realloc(b->data, b->cap, (uint32_t)cap);
     }
     if (p == NULL) {
         b->failed = 1;
@@ -592,7 +664,7 @@ SPEAR_INLINE int32_t spear_recv_message(spear_message *m) {
 #define SPEAR_HANDLER_AS(ident, name_str)                                                      \
     static int32_t spear__impl_##ident(const spear_request *req);                              \
     SPEAR_EXPORT("spear.handler." name_str) int32_t spear__handler_##ident(void) {             \
-        spear__arena_top = spear__arena_base;                                                  \
+        spear__arena_reset();                                                                  \
         return spear__impl_##ident(&spear__cb);                                                \
     }                                                                                          \
     static int32_t spear__impl_##ident(const spear_request *req)
@@ -602,7 +674,7 @@ SPEAR_INLINE int32_t spear_recv_message(spear_message *m) {
 #define SPEAR_DISPATCH()                                                                       \
     static int32_t spear__impl_dispatch(const spear_request *req);                             \
     SPEAR_EXPORT("spear_dispatch") int32_t spear__dispatch(void) {                             \
-        spear__arena_top = spear__arena_base;                                                  \
+        spear__arena_reset();                                                                  \
         return spear__impl_dispatch(&spear__cb);                                               \
     }                                                                                          \
     static int32_t spear__impl_dispatch(const spear_request *req)
@@ -613,17 +685,20 @@ SPEAR_INLINE int32_t spear_recv_message(spear_message *m) {
 
 #ifndef SPEAR_DECLARE_ONLY
 
-/* The request buffer starts at __heap_base; the arena starts right after it. These are
- * link-time constants, so the state is valid even before spear_init runs. */
+/* The first request buffer is static (zero pages in the module file, inside the initial
+ * memory); spear_reserve moves bigger requests into spans. */
+_Alignas(8) static uint8_t spear__initial_req[SPEAR_INITIAL_REQ_CAP];
 _Alignas(8) spear_control spear__cb = {
     .magic = SPEAR_MAGIC,
     .abi_version = SPEAR_GUEST_ABI_VERSION,
-    .req_ptr = __heap_base,
+    .req_ptr = spear__initial_req,
     .req_cap = SPEAR_INITIAL_REQ_CAP,
 };
-uint8_t *spear__arena_base = __heap_base + SPEAR_INITIAL_REQ_CAP;
-uint8_t *spear__arena_top = __heap_base + SPEAR_INITIAL_REQ_CAP;
-uint64_t spear__mem_end = 0;
+spear__span *spear__reset_span = NULL;
+uint8_t *spear__reset_top = NULL;
+spear__span *spear__cur = NULL;
+uint8_t *spear__arena_top = NULL;
+uint8_t *spear__arena_end = NULL;
 
 SPEAR_EXPORT("spear_abi_version") int32_t spear_abi_version(void) {
     return SPEAR_GUEST_ABI_VERSION;
@@ -633,36 +708,41 @@ SPEAR_EXPORT("spear_init") int32_t spear_init(int32_t host_abi) {
     if (host_abi != SPEAR_ABI_VERSION) return 0;
     spear__cb.magic = SPEAR_MAGIC;
     spear__cb.abi_version = SPEAR_GUEST_ABI_VERSION;
-    /* the request buffer must exist in memory */
-    if (!spear__ensure((uint64_t)(uintptr_t)spear__cb.req_ptr + spear__cb.req_cap)) return 0;
     return (int32_t)(uintptr_t)&spear__cb;
 }
 
 SPEAR_EXPORT("spear_reserve") int32_t spear_reserve(int32_t size_) {
     uint32_t size = (uint32_t)size_;
     if (size <= spear__cb.req_cap) return 0;
-    uint64_t start = (uint64_t)(uintptr_t)spear__cb.req_ptr;
-    if (start + spear__cb.req_cap != (uint64_t)(uintptr_t)spear__arena_base) {
-        /* something persistent was allocated after the buffer: start a new one after it */
-        start = spear__align8((uint64_t)(uintptr_t)spear__arena_base);
+    if (size > SPEAR__ADDR_LIMIT) return 1;
+    uint32_t caps[2] = {spear__align8(size), spear__align8(size)}; /* doubled, then exact */
+    if (spear__cb.req_cap <= SPEAR__ADDR_LIMIT / 2 && spear__cb.req_cap * 2 > size) {
+        caps[0] = spear__align8(spear__cb.req_cap * 2);
     }
-    uint64_t cap = spear__align8((uint64_t)spear__cb.req_cap * 2);
-    uint64_t exact = spear__align8(size);
-    if (cap < exact) cap = exact;
-    if (!spear__ensure(start + cap)) {
-        cap = exact;
-        if (!spear__ensure(start + cap)) return 1; /* out of memory; nothing changed */
+    /* Between calls the arena is dead, so the buffer may grow over it. */
+    spear__arena_reset();
+    uint8_t *buf = spear__cb.req_ptr;
+    int last = spear__reset_span != NULL && buf + spear__cb.req_cap == spear__reset_top;
+    for (int i = 0; i < 2; i++) {
+        if (last && spear__extend(spear__reset_span, (uint64_t)(uintptr_t)buf + caps[i])) {
+            spear__reset_top = buf + caps[i]; /* grown in place */
+        } else if ((buf = (uint8_t *)spear_alloc_persistent(caps[i])) == NULL) {
+            buf = spear__cb.req_ptr;
+            continue;
+        }
+        spear__cb.req_ptr = buf;
+        spear__cb.req_cap = caps[i];
+        spear__arena_reset();
+        return 0;
     }
-    /* Between calls the arena is dead, so the buffer may extend over it. */
-    spear__cb.req_ptr = (uint8_t *)(uintptr_t)start;
-    spear__cb.req_cap = (uint32_t)cap;
-    spear__arena_base = (uint8_t *)(uintptr_t)(start + cap);
-    spear__arena_top = spear__arena_base;
-    return 0;
+    return 1; /* out of memory; the old buffer is unchanged */
 }
 
-/* The compiler may emit calls to these (struct copies, loops); user code may call them. Weak,
- * so a real libc linked in wins. */
+#ifndef __wasi__
+/* Freestanding, there is no libc: the compiler may emit calls to these (struct copies, loops)
+ * and user code may call them. Weak, so a real implementation linked in wins. no_builtin keeps
+ * clang from recognising the loops inside them as the very function being defined (which
+ * would make, say, strlen call itself forever). Under WASI, libc provides them. */
 #ifdef SPEAR__BULK
 #define SPEAR__LIBC_ATTR __attribute__((weak))
 #else
@@ -678,10 +758,11 @@ SPEAR__LIBC_ATTR void *memmove(void *dst, const void *src, size_t n) {
 SPEAR__LIBC_ATTR void *memset(void *dst, int c, size_t n) {
     return spear_memset(dst, c, (uint32_t)n);
 }
-SPEAR__LIBC_ATTR int memcmp(const void *a, const void *b, size_t n) {
+__attribute__((weak, no_builtin)) int memcmp(const void *a, const void *b, size_t n) {
     return spear_memcmp(a, b, (uint32_t)n);
 }
-SPEAR__LIBC_ATTR size_t strlen(const char *s) { return spear_strlen(s); }
+__attribute__((weak, no_builtin)) size_t strlen(const char *s) { return spear_strlen(s); }
+#endif /* __wasi__ */
 
 #endif /* SPEAR_DECLARE_ONLY */
 

@@ -7,12 +7,19 @@
 
 The function's output is written to stdout as raw bytes. A function that fails prints its
 error on stderr and exits 1; a call that could not be made (unknown function, busy, timed
-out, unreachable server) exits 2.
+out, unreachable server, refused token) exits 2, whichever side noticed it first.
+
+With auth on the server, pass the token with `--token-file PATH` or `$SPEAR_INVOKE_TOKEN`;
+with TLS, use `https://` (HTTP) or `--tls` (gRPC), and `--ca-file` for a private CA.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import socket
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -20,6 +27,12 @@ import urllib.request
 from typing import Any
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+TOKEN_ENV = "SPEAR_INVOKE_TOKEN"
+FUNCTION_FAILED = 1
+CALL_FAILED = 2
+# How much longer than the request's own timeout the client waits: the server answers a
+# timeout itself, so the client's own deadline is only for a server that never answers.
+CLIENT_MARGIN_S = 5.0
 
 
 def register(subparsers: Any) -> None:
@@ -34,10 +47,31 @@ def register(subparsers: Any) -> None:
                         help="read the input from a file ('-': stdin)")
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="ADDR",
                         help=f"HOST:PORT for gRPC (default {DEFAULT_SERVER}) or http://HOST:PORT")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="per-call timeout")
+    parser.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="per-call timeout")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help=f"bearer token for the server (default: ${TOKEN_ENV})")
+    parser.add_argument("--tls", action="store_true", help="gRPC over TLS")
+    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the server's certificate")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="request metadata (repeatable)")
     parser.set_defaults(func=run)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
+    return value
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file) as handle:
+            return handle.readline().strip() or None
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,21 +107,36 @@ def _over_grpc(args: argparse.Namespace, data: bytes, metadata: dict[str, str]) 
     from spear.invocation.generated import function_service_pb2 as pb
     from spear.invocation.generated import function_service_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.server) as channel:
+    token = _token(args)
+    call_metadata = [("authorization", f"Bearer {token}")] if token else None
+    if args.tls or args.ca_file:
+        root = None
+        if args.ca_file:
+            with open(args.ca_file, "rb") as handle:
+                root = handle.read()
+        channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root))
+    else:
+        channel = grpc.insecure_channel(args.server)
+    with channel:
         stub = pb_grpc.FunctionServiceStub(channel)  # type: ignore[no-untyped-call]
         request = pb.InvokeRequest(function=args.name, input=data,
                                    timeout_s=args.timeout or 0.0, metadata=metadata)
         try:
-            reply = stub.Invoke(request, timeout=(args.timeout + 5) if args.timeout else None)
+            reply = stub.Invoke(
+                request, metadata=call_metadata,
+                timeout=(args.timeout + CLIENT_MARGIN_S) if args.timeout else None)
         except grpc.RpcError as exc:
             code = exc.code()
             print(f"spear invoke: {code.name}: {exc.details()}", file=sys.stderr)
-            return 2
+            return CALL_FAILED
     if reply.status != pb.InvokeResponse.SUCCESS:
         status = pb.InvokeResponse.Status.Name(reply.status)
+        if reply.status == pb.InvokeResponse.TIMEOUT:  # older servers answered timeouts so
+            print(f"spear invoke: DEADLINE_EXCEEDED: {reply.error_message}", file=sys.stderr)
+            return CALL_FAILED
         print(f"spear invoke: {args.name} failed ({status}, code {reply.error_code}): "
               f"{reply.error_message}", file=sys.stderr)
-        return 1
+        return FUNCTION_FAILED
     _emit(reply.output)
     return 0
 
@@ -96,19 +145,32 @@ def _over_http(args: argparse.Namespace, data: bytes, metadata: dict[str, str]) 
     base = args.server.rstrip("/")
     url = f"{base}/functions/{urllib.parse.quote(args.name, safe='')}/invoke"
     if args.timeout:
-        url += f"?timeout={args.timeout}"
+        url += f"?timeout={args.timeout!r}"
     headers = {"Content-Type": "application/octet-stream"}
     headers.update({f"X-Spear-Meta-{key}": value for key, value in metadata.items()})
+    token = _token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    context = ssl.create_default_context(cafile=args.ca_file) if base.startswith("https") \
+        else None
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    wait = (args.timeout or 60.0) + CLIENT_MARGIN_S
     try:
-        with urllib.request.urlopen(request, timeout=(args.timeout or 60) + 5) as response:
+        with urllib.request.urlopen(request, timeout=wait, context=context) as response:
             _emit(response.read())
             return 0
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace").strip()
-        code = exc.headers.get("X-Spear-Error-Code")
-        print(f"spear invoke: HTTP {exc.code}: {body}", file=sys.stderr)
-        return 1 if exc.code == 500 and code else 2
+        request_id = exc.headers.get("X-Spear-Request-Id", "")
+        print(f"spear invoke: HTTP {exc.code}: {body}"
+              + (f" (request {request_id})" if request_id else ""), file=sys.stderr)
+        return FUNCTION_FAILED if exc.code == 500 else CALL_FAILED
     except urllib.error.URLError as exc:
-        print(f"spear invoke: cannot reach {base}: {exc.reason}", file=sys.stderr)
-        return 2
+        if isinstance(exc.reason, TimeoutError | socket.timeout):
+            print(f"spear invoke: no answer from {base} within {wait:g} s", file=sys.stderr)
+        else:
+            print(f"spear invoke: cannot reach {base}: {exc.reason}", file=sys.stderr)
+        return CALL_FAILED
+    except TimeoutError:
+        print(f"spear invoke: no answer from {base} within {wait:g} s", file=sys.stderr)
+        return CALL_FAILED

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import Any
 
 from spear._version import __version__
-from spear.cli.logging_options import add_logging_options, log_level
+from spear.cli.logging_options import add_logging_options, configure_logging
 from spear.errors import CommunicationError
 
 # Each module exposes `register(subparsers)`; the parser it adds sets `func(args) -> int`.
@@ -57,8 +56,7 @@ class _SubcommandParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=log_level(args),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     try:
         code: int = args.func(args)
     except (CommunicationError, OSError, ValueError) as exc:

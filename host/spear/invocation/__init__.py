@@ -3,7 +3,10 @@
 One concept per module: `function_spec` (what a function is), `spearlet` (the API),
 `pool` (a function's instances and their lifecycle), `balancer`, `queue` (waiting for
 capacity), `executions` (submit/result/cancel), `metrics`, `launcher` (runtimes), `errors`;
-the server side is `serve_config`, `server`, `http_api`, `grpc_api` and `proto/`.
+the server side is `serve_config` (the schema), `server` (start, drain, stop), `asgi_app`
+(the HTTP front door) and `http_server` (uvicorn), `grpc_api`, `error_mapping` (one table
+for both doors), `request_limits`, `front_door_auth`, `log_attribution`, `pod_follower`
+(Kubernetes functions by Service name) and `proto/`.
 
 Only the light modules are imported here; `Spearlet` is `spear.Spearlet`.
 """

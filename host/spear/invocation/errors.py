@@ -26,3 +26,12 @@ class ExecutionNotFound(CommunicationError, KeyError):
 
 class ExecutionCancelled(CommunicationError):
     """The asynchronous execution was cancelled before it finished."""
+
+
+class InvalidRequest(CommunicationError, ValueError):
+    """A request's own options are unusable (a timeout that is not a finite, positive, bounded
+    number of seconds; malformed metadata). Refused before any capacity is taken."""
+
+
+class Unauthenticated(CommunicationError):
+    """A front-door request without a valid bearer token."""

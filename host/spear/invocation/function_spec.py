@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeType
+from spear.invocation.request_limits import MAX_TIMEOUT_S
 
 Balancing = Literal["round_robin", "weighted", "least_outstanding"]
 BALANCING_NAMES: tuple[str, ...] = ("round_robin", "weighted", "least_outstanding")
@@ -41,17 +42,45 @@ class Limits:
     loop_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise InvalidConfiguration(f"limits.timeout_s must be positive, got {self.timeout_s}")
+        timeout = self.timeout_s
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float)
+                                    or not 0 < timeout <= MAX_TIMEOUT_S):  # NaN fails too
+            raise InvalidConfiguration(
+                f"limits.timeout_s must be seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout!r}")
         budget = self.loop_budget_ms
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
-                                   or not 0 < budget <= 1000):
+                                   or not 0 < budget <= 1000):  # NaN fails too
             raise InvalidConfiguration(
                 f"limits.loop_budget_ms must be a number in (0, 1000], got {budget!r}")
         for name in ("max_input_bytes", "max_message_size", "memory_bytes", "fuel"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (not _is_int(value) or value <= 0):
                 raise InvalidConfiguration(f"limits.{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A Kubernetes function's pods, found by the DNS name of their headless Service (one A
+    record per ready pod): `dns_name` (e.g. `echo.default.svc.cluster.local`), each pod's
+    gRPC `port` and optional TCP fallback `tcp_port`, re-resolved every `interval_s`.
+    `resolver(name, port) -> addresses` replaces the system resolver (tests, odd setups)."""
+
+    dns_name: str
+    port: int = 50051
+    tcp_port: int | None = None
+    interval_s: float = 5.0
+    resolver: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.dns_name or not isinstance(self.dns_name, str):
+            raise InvalidConfiguration("service needs a DNS name")
+        for key in ("port", "tcp_port"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or not 0 < value < 65536):
+                raise InvalidConfiguration(f"service {key} must be a port number, got {value!r}")
+        if not isinstance(self.interval_s, int | float) or not 0 < self.interval_s <= 3600:
+            raise InvalidConfiguration("service interval_s must be seconds in (0, 3600]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +92,9 @@ class FunctionSpec:
     - Process: `command` starts one worker (e.g. `["python", "-m", "spear.worker", "m:f"]`).
     - Kubernetes: `endpoints` lists the pod workers' gRPC addresses (`HOST:PORT`); instance
       *i* talks to endpoint *i*, so `max_instances` is at most the number of endpoints.
-      `tcp_ports` (optional, same order) names each pod's TCP fallback port.
+      `tcp_ports` (optional, same order) names each pod's TCP fallback port. Or `service`
+      (a `ServiceRef`): the pods behind a headless Service, one instance per ready pod,
+      following them as they come and go (`min_instances`/`max_instances` do not apply).
 
     Scaling: `min_instances` start at deploy; while every instance is at
     `concurrency_per_instance`, requests queue (at most `queue_limit`, then `QueueFull`) and
@@ -92,11 +123,45 @@ class FunctionSpec:
     weights: Sequence[int] = ()
     tcp_ports: Sequence[int] = ()
     scale_in_after_s: float = 30.0
+    # WASM: where calls run (the memory channel's `dispatch`): "auto" learns per handler,
+    # "inline" runs every call on the event loop (short handlers only), "thread" never does.
+    dispatch: Literal["auto", "inline", "thread"] = "auto"
+    # Kubernetes by Service name instead of `endpoints`: instances follow the ready pods.
+    service: ServiceRef | None = None
     # Kubernetes: the pod workers' shared token and TLS settings (never shown in reprs).
     token: str | None = field(default=None, repr=False)
     tls: object | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name \
+                or not self.name.isprintable():
+            raise InvalidConfiguration(
+                f"function name must be a non-empty printable string without '/': "
+                f"{self.name!r}"
+            )
+        for key in ("min_instances", "max_instances", "queue_limit"):
+            if not _is_int(getattr(self, key)):
+                raise InvalidConfiguration(
+                    f"function {self.name!r}: {key} must be an int, got "
+                    f"{getattr(self, key)!r}")
+        if self.concurrency_per_instance is not None \
+                and not _is_int(self.concurrency_per_instance):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: concurrency_per_instance must be an int")
+        if not isinstance(self.limits, Limits):
+            raise InvalidConfiguration(f"function {self.name!r}: limits must be a Limits")
+        scale_in = self.scale_in_after_s
+        if isinstance(scale_in, bool) or not isinstance(scale_in, int | float) \
+                or not 0 < scale_in <= MAX_TIMEOUT_S:
+            raise InvalidConfiguration(
+                f"function {self.name!r}: scale_in_after_s must be seconds > 0, got {scale_in!r}")
+        if self.command is not None and (
+                isinstance(self.command, str | bytes)
+                or not all(isinstance(arg, str) for arg in self.command)):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: command must be a list of strings (arguments), "
+                f"not {type(self.command).__name__}"
+            )
         if not self.name or "/" in self.name:
             raise InvalidConfiguration(
                 f"function name must be non-empty and without '/': {self.name!r}"
@@ -112,7 +177,7 @@ class FunctionSpec:
         need = {
             RuntimeType.WASM: ("artifact", self.artifact),
             RuntimeType.PROCESS: ("command", self.command),
-            RuntimeType.KUBERNETES: ("endpoints", self.endpoints),
+            RuntimeType.KUBERNETES: ("endpoints or service", self.endpoints or self.service),
         }[self.runtime]
         if not need[1]:
             raise InvalidConfiguration(
@@ -122,6 +187,11 @@ class FunctionSpec:
             raise InvalidConfiguration(
                 f"function {self.name!r}: command must be a list of arguments, not a string"
             )
+        if self.service is not None and (self.runtime is not RuntimeType.KUBERNETES
+                                         or self.endpoints):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: service is for Kubernetes functions, instead of "
+                "endpoints")
         if self.min_instances < 0 or self.max_instances < 1:
             raise InvalidConfiguration(
                 f"function {self.name!r}: need min_instances >= 0 and max_instances >= 1"
@@ -148,10 +218,12 @@ class FunctionSpec:
             )
         if self.queue_limit < 0:
             raise InvalidConfiguration(f"function {self.name!r}: queue_limit must be >= 0")
-        if any(w < 1 for w in self.weights):
+        if self.dispatch not in ("auto", "inline", "thread"):
+            raise InvalidConfiguration(
+                f"function {self.name!r}: dispatch must be auto, inline or thread, "
+                f"got {self.dispatch!r}")
+        if any(not _is_int(w) or w < 1 for w in self.weights):
             raise InvalidConfiguration(f"function {self.name!r}: weights must be >= 1")
-        if self.scale_in_after_s <= 0:
-            raise InvalidConfiguration(f"function {self.name!r}: scale_in_after_s must be > 0")
 
     @property
     def capacity(self) -> int:
@@ -166,3 +238,7 @@ class FunctionSpec:
 
     def weight(self, index: int) -> int:
         return self.weights[index] if index < len(self.weights) else 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

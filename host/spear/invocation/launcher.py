@@ -7,14 +7,16 @@ and closes the ones it created; runtimes passed in by the caller stay the caller
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from spear.config import ChannelConfig
+from spear.errors import InvalidConfiguration
 from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.invocation.function_spec import FunctionSpec
 from spear.runtime.base import Runtime, RuntimeInstance
+from spear.runtime.discovery import Endpoint
 
 _RUNTIME_CLASSES: dict[RuntimeType, str] = {
     RuntimeType.WASM: "spear.runtime.wasm:WasmRuntime",
@@ -31,6 +33,15 @@ class Launcher:
         self._runtimes: dict[RuntimeType, Runtime] = dict(runtimes or {})
         self._owned: list[Runtime] = []
         self.namespace = namespace
+        # Kubernetes functions by Service name: which pod the next instance dials.
+        self._endpoint_sources: dict[str, Callable[[], Endpoint]] = {}
+
+    def follow_endpoints(self, function: str, source: Callable[[], Endpoint] | None) -> None:
+        """Let `source()` choose the pod endpoint of `function`'s next instance."""
+        if source is None:
+            self._endpoint_sources.pop(function, None)
+        else:
+            self._endpoint_sources[function] = source
 
     def runtime(self, runtime_type: RuntimeType) -> Runtime:
         runtime = self._runtimes.get(runtime_type)
@@ -63,17 +74,28 @@ class Launcher:
             if spec.cwd is not None:
                 options["cwd"] = str(Path(spec.cwd))
         else:
-            endpoints = list(spec.endpoints or ())
-            extra = dict(config.extra)
-            if index < len(spec.tcp_ports):
-                extra["tcp_port"] = str(spec.tcp_ports[index])
-            options["config"] = config.with_changes(
-                address=endpoints[index % len(endpoints)], extra=extra)
+            source = self._endpoint_sources.get(spec.name)
+            if spec.service is not None and source is not None:
+                options["config"] = source().channel_config(config)
+            else:
+                endpoints = list(spec.endpoints or ())
+                extra = dict(config.extra)
+                if index < len(spec.tcp_ports):
+                    extra["tcp_port"] = str(spec.tcp_ports[index])
+                options["config"] = config.with_changes(
+                    address=endpoints[index % len(endpoints)], extra=extra)
             if spec.token is not None:
                 options["token"] = spec.token
             if spec.tls is not None:
                 options["tls"] = spec.tls
-        return await runtime.start_instance(instance_id, **options)
+        instance = await runtime.start_instance(instance_id, **options)
+        if spec.runtime is RuntimeType.WASM:
+            try:
+                check_wasm_handler(spec, instance)
+            except InvalidConfiguration:
+                await runtime.stop_instance(instance)
+                raise
+        return instance
 
     async def stop(self, instance: RuntimeInstance) -> None:
         await self.runtime(instance.instance_id.runtime_type).stop_instance(instance)
@@ -84,6 +106,20 @@ class Launcher:
             await runtime.close()
 
 
+def check_wasm_handler(spec: FunctionSpec, instance: RuntimeInstance) -> None:
+    """A WASM function must name a handler its module exports (or the module must dispatch
+    by name itself): refused at deploy, not on every request."""
+    module = getattr(instance, "module", None)
+    handlers = getattr(module, "handlers", None)
+    if handlers is None or getattr(module, "has_dispatch", False):
+        return
+    if spec.handler_name not in handlers:
+        shown = ", ".join(handlers) or "none"
+        raise InvalidConfiguration(
+            f"function {spec.name!r}: the module exports no handler {spec.handler_name!r} "
+            f"(its handlers: {shown}); set handler = one of them")
+
+
 def _channel_config(spec: FunctionSpec) -> ChannelConfig:
     limits = spec.limits
     changes: dict[str, Any] = {}
@@ -91,4 +127,6 @@ def _channel_config(spec: FunctionSpec) -> ChannelConfig:
         changes["request_timeout_ms"] = int(limits.timeout_s * 1000)
     if limits.max_message_size is not None:
         changes["max_message_size"] = limits.max_message_size
+    if spec.runtime is RuntimeType.WASM and spec.dispatch != "auto":
+        changes["extra"] = {"dispatch": spec.dispatch}
     return ChannelConfig(**changes)

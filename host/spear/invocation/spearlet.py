@@ -24,12 +24,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from spear.errors import ChannelClosed, CommunicationError, ExecutionFailed, InvalidConfiguration
 from spear.errors import Timeout as SpearTimeout
 from spear.instance_id import RuntimeType
-from spear.invocation.errors import FunctionNotFound, QueueFull
+from spear.invocation.errors import FunctionNotFound, InvalidRequest, QueueFull
 from spear.invocation.executions import AsyncExecutions, ExecutionState
 from spear.invocation.function_spec import FunctionSpec
 from spear.invocation.launcher import Launcher
 from spear.invocation.metrics import LATENCY_BOUNDS_MS, InvocationCollector
+from spear.invocation.pod_follower import PodFollower
 from spear.invocation.pool import InstancePool, Slot
+from spear.invocation.request_limits import MAX_TIMEOUT_S, describe_bad_timeout
 from spear.messages import Error, ExecutionRequest, ExecutionResponse, ExecutionStatus
 from spear.runtime.base import Runtime, RuntimeInstance
 
@@ -61,6 +63,7 @@ class Spearlet:
     ) -> None:
         self._launcher = Launcher(runtimes, namespace=namespace)
         self._pools: dict[str, InstancePool] = {}
+        self._followers: dict[str, PodFollower] = {}  # Kubernetes functions by Service name
         self._ids = itertools.count(1)
         self._executions = AsyncExecutions(ttl_s=result_ttl_s, max_kept=max_results)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -86,6 +89,8 @@ class Spearlet:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
         await self._executions.close()
+        for name in list(self._followers):
+            await self._stop_following(name)
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
         await self._launcher.close()
@@ -106,9 +111,16 @@ class Spearlet:
                             namespace=self._launcher.namespace)
         self._pools[spec.name] = pool
         try:
-            await pool.start(spec.min_instances)
+            if spec.service is not None:
+                follower = PodFollower(pool, spec.service)
+                self._launcher.follow_endpoints(spec.name, follower.take_endpoint)
+                self._followers[spec.name] = follower
+                await follower.start()
+            else:
+                await pool.start(spec.min_instances)
         except BaseException:
             self._pools.pop(spec.name, None)
+            await self._stop_following(spec.name)
             await pool.close(grace=0)
             raise
         log.info("deployed", extra={"function": spec.name, "runtime": spec.runtime.value,
@@ -123,8 +135,15 @@ class Spearlet:
         pool = self._pools.pop(name, None)
         if pool is None:
             raise FunctionNotFound(f"no function {name!r} is deployed")
+        await self._stop_following(name)
         await pool.close(grace=grace)
         log.info("undeployed", extra={"function": name, "event": "undeployed"})
+
+    async def _stop_following(self, name: str) -> None:
+        follower = self._followers.pop(name, None)
+        if follower is not None:
+            await follower.close()
+        self._launcher.follow_endpoints(name, None)
 
     async def scale(self, name: str, instances: int) -> None:
         """Run exactly `instances` instances now; scale-in will not go below it."""
@@ -160,18 +179,24 @@ class Spearlet:
         *,
         timeout: float | None = None,
         metadata: dict[str, str] | None = None,
+        request_id: str | None = None,
     ) -> ExecutionResponse:
         """Run `name` on `input` and return its response.
 
         A function's own failure comes back as a response with `status` error (its
         `error_message` and `error_code` set). The call raises for what kept the function
         from answering: `Timeout`, `ChannelClosed` (its instance died), `QueueFull`,
-        `FunctionNotFound`, `ExecutionFailed`.
+        `FunctionNotFound`, `ExecutionFailed`, and `InvalidRequest` for a `timeout` that is
+        not a finite number of seconds in (0, MAX_TIMEOUT_S] (checked before any capacity is
+        taken). `request_id` (unique per spearlet; the front doors make one per request) names
+        the request on its channel and in logs; by default the spearlet numbers requests.
         """
         try:
             pool = self._pools[name]
         except KeyError:
             raise FunctionNotFound(f"no function {name!r} is deployed") from None
+        if timeout is not None and not 0.0 < timeout <= MAX_TIMEOUT_S:  # NaN fails too
+            raise InvalidRequest(describe_bad_timeout(timeout))
         if pool.max_input is not None and len(input) > pool.max_input:
             raise ExecutionFailed(
                 f"input of {len(input)} bytes exceeds the limit of {pool.max_input} bytes "
@@ -180,14 +205,15 @@ class Spearlet:
         if slot is None or slot.outstanding >= slot.capacity:
             slot = pool.pick()
             if slot is None:
-                return await self._invoke_queued(pool, input, timeout, metadata)
-        slot.outstanding += 1
+                return await self._invoke_queued(pool, input, timeout, metadata, request_id)
         if timeout is None:
             timeout = pool.default_timeout
             timeout_ms = pool.default_timeout_ms
         else:
             timeout_ms = int(timeout * 1000) or 1  # 0 would mean "no deadline" to the worker
-        request = ExecutionRequest(str(next(self._ids)), pool.handler, input, timeout_ms,
+        slot.outstanding += 1
+        request = ExecutionRequest(str(next(self._ids)) if request_id is None else request_id,
+                                   pool.handler, input, timeout_ms,
                                    {} if metadata is None else metadata)
         execute = slot.execute
         if execute is None:
@@ -221,7 +247,7 @@ class Spearlet:
 
     async def _invoke_queued(
         self, pool: InstancePool, input: bytes, timeout: float | None,
-        metadata: dict[str, str] | None,
+        metadata: dict[str, str] | None, request_id: str | None,
     ) -> ExecutionResponse:
         """Every instance is busy: wait in the function's queue (scaling out meanwhile)."""
         if timeout is None:
@@ -237,7 +263,7 @@ class Spearlet:
             raise
         remaining = None if deadline is None else max(deadline - _perf_counter(), 0.001)
         request = ExecutionRequest(
-            str(next(self._ids)), pool.handler, input,
+            str(next(self._ids)) if request_id is None else request_id, pool.handler, input,
             0 if remaining is None else max(int(remaining * 1000), 1),
             {} if metadata is None else metadata)
         return await self._dispatch(pool, slot, request, remaining, False)
@@ -337,6 +363,8 @@ class Spearlet:
     ) -> str:
         """Start `invoke(name, input)` in the background; returns its execution id."""
         self._pool(name)  # fail now, not later, for an unknown function
+        if timeout is not None and not 0.0 < timeout <= MAX_TIMEOUT_S:
+            raise InvalidRequest(describe_bad_timeout(timeout))
         return self._executions.submit(
             name, self.invoke(name, input, timeout=timeout, metadata=metadata))
 

@@ -1,0 +1,258 @@
+"""Runs the ASGI front door on uvicorn (httptools parser) inside the caller's event loop.
+
+uvicorn and httptools do HTTP: request parsing (a malformed request, two `Content-Length`
+headers, `Content-Length: ²` or a NUL in a header value get a 400 and the connection is
+closed), chunked bodies, `Expect: 100-continue` (answered when the app first reads the
+body), keep-alive, HEAD, and `limit_concurrency`. Two things they leave open are closed here,
+by a small subclass of uvicorn's httptools protocol:
+
+- the size of a request head: httptools gathers a header of any length in memory, so the
+  bytes fed to the parser while a head is incomplete are counted, and a complete head is
+  measured (`max_head_bytes`, and at most `max_headers` headers): over the limit the answer
+  is 431 and the connection closes;
+- time: a head must arrive within `head_timeout_s` of its first byte (or of the connection),
+  a body within `body_timeout_s` of its head; otherwise 408 and close. A sweep checks every
+  connection each `SWEEP_INTERVAL_S`, so a request costs two timestamps, not a timer.
+
+Memory is then bounded: each connection holds at most one head and uvicorn's 64 KiB read
+buffer until the app reads; the app bounds the bodies it gathers (`SpearAsgiApp`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from spear.errors import InvalidConfiguration
+
+log = logging.getLogger("spear.serve.http")
+
+SWEEP_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 100
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: int = 5
+    max_connections: int = 1024
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # clients must present a certificate signed by it
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bounded request head and read deadlines."""
+
+    limits = HttpLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0  # bytes read while a head is incomplete (an upper bound)
+        self._read_size = 0
+        self._head_since: float | None = self.loop.time()
+        self._body_since: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        self._read_size = size = len(data)
+        if self._head_since is not None:
+            self._head_bytes += size
+        try:
+            self.parser.feed_data(data)
+        except _HeadTooLarge:
+            self._refuse(431, "request head too large")
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, "request head too large")
+            else:
+                self._refuse(400, "malformed request")
+            return
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed request: {exc}")
+            return
+        if self._head_since is not None and self._head_bytes > self.limits.max_head_bytes:
+            self._refuse(431, "request head too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = self._read_size  # the read it starts in counts whole: an upper bound
+        if self._head_since is None:
+            self._head_since = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        # Checked once per request, here: the raw count covers heads spread over reads; a
+        # head that ended within one large read is measured exactly only when that read was
+        # large (the common small request pays one comparison).
+        headers = self.headers
+        if len(headers) > self.limits.max_headers or (
+                self._head_bytes > self.limits.max_head_bytes
+                and len(self.url) + sum(len(k) + len(v) + 4 for k, v in headers)
+                > self.limits.max_head_bytes):
+            raise _HeadTooLarge
+        self._head_since = None
+        self._body_since = self.loop.time()
+        super().on_headers_complete()
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the sweep: 408 for a head or a body that is too slow."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        head_since, body_since = self._head_since, self._body_since
+        if head_since is not None and now - head_since > self.limits.head_timeout_s:
+            if self.cycle is None or self.cycle.response_complete:
+                self._refuse(408, "request head not received in time")
+        elif body_since is not None and now - body_since > self.limits.body_timeout_s:
+            cycle = self.cycle
+            if cycle is None or not cycle.more_body or cycle.response_complete:
+                self._body_since = None  # the body is complete (or answered): nothing to wait
+            else:
+                started = cycle.response_started
+                self._abandon_cycle()
+                if started:
+                    self.transport.close()
+                else:
+                    self._refuse(408, "request body not received in time")
+
+    def _abandon_cycle(self) -> None:
+        """Tell the app its client is gone: its `receive()` returns `http.disconnect`, its
+        `send()` does nothing (what uvicorn does when a connection is lost)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _refuse(self, status: int, message: str) -> None:
+        log.info("refused a request from %s: %d %s", _client(self.client), status, message,
+                 extra={"event": "http_refused", "status": status})
+        self._abandon_cycle()
+        self._head_since = self._body_since = None
+        body = (message.encode("ascii", "replace") + b"\n")
+        reason = {400: b"Bad Request", 408: b"Request Timeout",
+                  431: b"Request Header Fields Too Large"}.get(status, b"Error")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, reason, len(body), body))
+        self.transport.close()
+
+
+def _client(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def protocol_class(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+
+
+class HttpServer:
+    """uvicorn serving `app` on one socket, started and stopped from the caller's loop."""
+
+    def __init__(self, app: Any, limits: HttpLimits = HttpLimits()) -> None:
+        self.app = app
+        self.limits = limits
+        self._server: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        sock = _listen(host, port)
+        self.port = int(sock.getsockname()[1])
+        limits = self.limits
+        tls: dict[str, Any] = {}
+        if limits.tls_cert_file:
+            tls = {"ssl_certfile": limits.tls_cert_file, "ssl_keyfile": limits.tls_key_file}
+            if limits.tls_client_ca_file:
+                tls.update(ssl_ca_certs=limits.tls_client_ca_file,
+                           ssl_cert_reqs=ssl.CERT_REQUIRED)
+        config = uvicorn.Config(
+            self.app, http=protocol_class(limits), ws="none", lifespan="off",
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
+            limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
+            timeout_graceful_shutdown=1, **tls)
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            raise InvalidConfiguration(f"HTTP TLS: cannot load the certificate or key: "
+                                       f"{exc}") from None
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self._server = server
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(server.main_loop(), name="spear-http-ticks"),
+                       loop.create_task(self._sweep(), name="spear-http-sweep")]
+        return self.port
+
+    @property
+    def connections(self) -> int:
+        return 0 if self._server is None else len(self._server.server_state.connections)
+
+    async def _sweep(self) -> None:
+        server = self._server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = loop.time()
+            for connection in list(server.server_state.connections):
+                check = getattr(connection, "check_deadlines", None)
+                if check is not None:
+                    check(now)
+
+    async def stop(self) -> None:
+        """Close the listener and the idle connections; wait (about a second at most) for
+        responses being written, then drop what is left."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.should_exit = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await server.shutdown()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a taken port is a clear error (SO_REUSEADDR only:
+    a second server on the same port fails instead of sharing it)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidConfiguration(f"cannot listen for HTTP on {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise InvalidConfiguration(
+            f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
