@@ -162,10 +162,12 @@ class MemoryChannel(CommunicationChannel):
             raise ChannelClosed(f"channel to {self._id.full_id} is closed")
         if timeout is None:
             timeout_ms = request.timeout_ms
-            if type(timeout_ms) is not int or timeout_ms < 0:
-                timeout_ms = _check_timeout_ms(timeout_ms)
-            timeout = (min(timeout_ms / 1000.0, MAX_TIMEOUT) if timeout_ms > 0
-                       else self._default_timeout)
+            if timeout_ms == 0:
+                timeout = self._default_timeout
+            else:
+                if type(timeout_ms) is not int or timeout_ms < 0:
+                    timeout_ms = _check_timeout_ms(timeout_ms)
+                timeout = min(timeout_ms / 1000.0, MAX_TIMEOUT)
         elif type(timeout) is not float or not 0.0 < timeout <= MAX_TIMEOUT:
             timeout = check_timeout(timeout)
         function = request.function_name

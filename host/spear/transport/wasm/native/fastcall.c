@@ -51,7 +51,10 @@ static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); r
 void spear_ticker_enter(spear_ticker_t *t)
 {
     __atomic_add_fetch(&t->running, 1, __ATOMIC_SEQ_CST);
-    __atomic_add_fetch(&t->started, 1, __ATOMIC_RELAXED);
+    /* Only "has it changed" matters to the ticker: a lost update between threads is fine,
+     * and plain loads and stores cost less than a second locked instruction per call. */
+    __atomic_store_n(&t->started, __atomic_load_n(&t->started, __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
     /* Seen after our increment (seq_cst on both sides): either the ticker sees `running`
      * before parking, or we see `sleeping` and wake it. */
     if (__atomic_load_n(&t->sleeping, __ATOMIC_SEQ_CST)) {
