@@ -16,7 +16,7 @@ from spear.errors import InvalidConfiguration
 from spear.messages import ExecutionRequest
 
 GUEST_DEADLINE_SLACK = 0.025
-MAX_TIMEOUT = 7 * 24 * 3600.0  # spear.wasm.MAX_TIMEOUT (not imported: the WASM runtime is optional)
+MAX_TIMEOUT = 365 * 24 * 3600.0  # spear.wasm.MAX_TIMEOUT (not imported: the WASM runtime is optional)
 
 
 class WasmHandler:

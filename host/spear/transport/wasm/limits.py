@@ -17,7 +17,7 @@ MAX_MEMORY_LIMIT = 4 * 1024 * MiB  # a 32-bit memory cannot exceed it
 DEFAULT_MAX_MESSAGE = 64 * MiB  # request, `spear.send` message, queued message
 SETUP_TIMEOUT = 5.0  # seconds: start function + _initialize + spear_init of a new instance
 DEFAULT_LOOP_BUDGET = 0.005  # seconds guest code may hold the event loop (channel calls)
-MAX_TIMEOUT = 7 * 24 * 3600.0  # the longest timeout a call accepts, in seconds
+MAX_TIMEOUT = 365 * 24 * 3600.0  # the longest timeout a call accepts, in seconds
 
 
 @dataclass(frozen=True, slots=True)
