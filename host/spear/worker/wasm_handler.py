@@ -16,7 +16,8 @@ from spear.errors import InvalidConfiguration
 from spear.messages import ExecutionRequest
 
 GUEST_DEADLINE_SLACK = 0.025
-MAX_TIMEOUT = 365 * 24 * 3600.0  # spear.wasm.MAX_TIMEOUT (not imported: the WASM runtime is optional)
+# spear.wasm.MAX_TIMEOUT, not imported: the WASM runtime is optional here.
+MAX_TIMEOUT = 365 * 24 * 3600.0
 
 
 class WasmHandler:
