@@ -98,8 +98,7 @@ def _async_runner(loop: asyncio.AbstractEventLoop, channel: object,
 def run(args: argparse.Namespace) -> list[Row]:
     import wasmtime
     from spear import wasm as spear_wasm
-    from spear.channel.memory import MemoryChannel
-    from spear.config import ChannelConfig
+    from spear.channel.memory import MemoryChannel, open_memory_channel
     from spear.instance_id import RuntimeInstanceId, RuntimeType
 
     path = _echo_wasm()
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     async def make_channel() -> MemoryChannel:
         iid = RuntimeInstanceId(RuntimeType.WASM, "bench")
-        return MemoryChannel(iid, module.instantiate(), ChannelConfig())
+        return await open_memory_channel(iid, module)
 
     channel = loop.run_until_complete(make_channel())
     rows: list[Row] = []

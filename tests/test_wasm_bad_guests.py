@@ -122,7 +122,7 @@ def test_spinning_guest_times_out_and_the_next_call_works(spin_module: wasm.Wasm
             instance.call("spin", b"", timeout=0.2)
         elapsed = time.monotonic() - started
         assert isinstance(info.value, TimeoutError)
-        assert 0.2 <= elapsed < 0.3, elapsed
+        assert 0.2 <= elapsed < 0.45, elapsed  # a loaded machine can delay the tick
         assert "spin" in str(info.value)
         assert instance.replacements == 1
         assert instance.call("echo", b"after") == b"after"
@@ -255,7 +255,7 @@ def test_host_call_with_a_pointer_past_memory_traps_the_guest(
             instance.call(handler, b"")
         assert what in str(info.value)
         assert str(info.value.code).startswith("trap")
-        assert instance.take_sent() == []
+        assert instance.mailbox.take_sent() == []
         assert instance.replacements == 1
         assert instance.call("ok", b"") == b""
 
@@ -282,11 +282,11 @@ def test_recv_into_a_buffer_past_memory_traps_and_keeps_the_message(
     host_call_guest: wasm.WasmModule, handler: str, what: str
 ) -> None:
     with host_call_guest.instantiate() as instance:
-        instance.push("topic", b"data")
+        instance.mailbox.push("topic", b"data")
         with pytest.raises(spear.ExecutionFailed, match="pointer out of bounds") as info:
             instance.call(handler, b"")
         assert what in str(info.value)
-        assert list(instance.inbox) == [("topic", b"data")]
+        assert instance.mailbox.queued() == [("topic", b"data")]
 
 
 def test_send_larger_than_the_max_message_size_returns_too_large(
@@ -295,10 +295,10 @@ def test_send_larger_than_the_max_message_size_returns_too_large(
     with WasmInstance(host_call_guest, max_message_size=1000) as instance:
         rc = instance.call("send_2000_bytes", b"")
         assert int.from_bytes(rc, "little", signed=True) == -3
-        assert instance.take_sent() == []
+        assert instance.mailbox.take_sent() == []
     with WasmInstance(host_call_guest) as instance:
         assert instance.call("send_2000_bytes", b"") == b"\0\0\0\0"
-        [(topic, data)] = instance.take_sent()
+        [(topic, data)] = instance.mailbox.take_sent()
         assert topic == "tick" and len(data) == 2000
 
 

@@ -343,8 +343,8 @@ def sender_module(wasm_fixture: Callable[[str], Path]) -> wasm.WasmModule:
 def test_emit_sends_n_tick_messages(sender_module: wasm.WasmModule, n: int) -> None:
     with sender_module.instantiate() as instance:
         assert instance.call("emit", b"%d" % n) == b"sent %d" % n
-        assert instance.take_sent() == [("tick", b"%d" % i) for i in range(n)]
-        assert instance.take_sent() == []
+        assert instance.mailbox.take_sent() == [("tick", b"%d" % i) for i in range(n)]
+        assert instance.mailbox.take_sent() == []
 
 
 def test_emit_with_bad_input_is_an_application_error(sender_module: wasm.WasmModule) -> None:
@@ -359,11 +359,11 @@ def test_flood_stops_at_the_outbox_limit_with_code_minus_2(
 ) -> None:
     with sender_module.instantiate() as instance:
         assert instance.call("flood", b"") == b"stopped at 1024 code -2"
-        sent = instance.take_sent()
+        sent = instance.mailbox.take_sent()
         assert sent == [("flood", b"%d" % i) for i in range(1024)]
         # Taking the messages empties the outbox: the guest may send again.
         assert instance.call("flood", b"payload") == b"stopped at 1024 code -2"
-        assert instance.take_sent() == [("flood", b"payload")] * 1024
+        assert instance.mailbox.take_sent() == [("flood", b"payload")] * 1024
 
 
 def test_send_failure_reaches_the_caller_as_an_application_error(
@@ -373,17 +373,17 @@ def test_send_failure_reaches_the_caller_as_an_application_error(
         with pytest.raises(spear.ExecutionFailed, match="send failed at 1024 code -2") as info:
             instance.call("emit", b"2000")
         assert info.value.code == "2"  # sender.c reports err_code = -C (positive)
-        assert len(instance.take_sent()) == 1024
+        assert len(instance.mailbox.take_sent()) == 1024
 
 
 def test_pull_reads_the_messages_queued_with_push(sender_module: wasm.WasmModule) -> None:
     with sender_module.instantiate() as instance:
         assert instance.call("pull", b"") == b""
-        instance.push("a", b"1")
-        instance.push("b", b"")
-        instance.push("ключ", "значение".encode())
+        instance.mailbox.push("a", b"1")
+        instance.mailbox.push("b", b"")
+        instance.mailbox.push("ключ", "значение".encode())
         assert instance.call("pull", b"") == "a=1;b=;ключ=значение;".encode()
-        assert not instance.inbox
+        assert not instance.mailbox.queued()
         assert instance.call("pull", b"") == b""
 
 
@@ -393,12 +393,12 @@ def test_pull_reads_messages_larger_than_the_guests_first_buffers(
     with sender_module.instantiate() as instance:
         big_topic = "t" * 300  # first topic buffer: 64 bytes
         big_data = bytes(range(97, 123)) * 4000  # ~100 KiB; first data buffer: 256 bytes
-        instance.push("small", b"x")
-        instance.push(big_topic, big_data)
-        instance.push("after", b"y")
+        instance.mailbox.push("small", b"x")
+        instance.mailbox.push(big_topic, big_data)
+        instance.mailbox.push("after", b"y")
         expected = b"small=x;" + big_topic.encode() + b"=" + big_data + b";after=y;"
         assert instance.call("pull", b"") == expected
-        assert not instance.inbox
+        assert not instance.mailbox.queued()
 
 
 def test_guest_log_lines_reach_the_spear_guest_logger_at_five_levels(

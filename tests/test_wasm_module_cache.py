@@ -6,38 +6,52 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from spear import wasm
-from spear.transport.wasm import module as module_mod
+from wasm_isolation import in_child
 
 Fixture = Callable[[str], Path]
+
+HOST: list[wasm.WasmHost] = []
+
+
+@pytest.fixture(autouse=True)
+def host() -> Iterator[wasm.WasmHost]:
+    """A host of its own per test, so every load starts with no compiled module in memory."""
+    owned = wasm.WasmHost()
+    HOST.append(owned)
+    yield owned
+    HOST.remove(owned)
+    owned.close()
 
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh cache directory (not yet created) and an empty in-process module memo, so
-    every load in the test goes through the disk cache."""
+    """A fresh cache directory (not yet created)."""
     directory = tmp_path / "cache" / "modules"
     monkeypatch.setenv("SPEAR_CACHE_DIR", str(directory))
     monkeypatch.delenv("SPEAR_NO_MODULE_CACHE", raising=False)
-    monkeypatch.setattr(module_mod, "_compiled", {})
     return directory
 
 
 def forget_compiled() -> None:
-    """Drop the in-process memo so the next load has to use the disk."""
-    module_mod._compiled.clear()
+    """Drop the compiled modules kept in memory so the next load has to use the disk."""
+    HOST[-1].modules.clear()
 
 
 def entries(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.cwasm")) if directory.exists() else []
 
 
+def load(path_or_bytes: Path | bytes, **kw: int) -> wasm.WasmModule:
+    return HOST[-1].load(path_or_bytes, **kw)
+
+
 def works(path_or_bytes: Path | bytes, **kw: int) -> bool:
-    with wasm.load(path_or_bytes, **kw).instantiate() as instance:
+    with load(path_or_bytes, **kw).instantiate() as instance:
         return instance.call("echo", b"cached?") == b"cached?"
 
 
@@ -145,7 +159,6 @@ def test_unusable_cache_location_only_warns(
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
     monkeypatch.setenv("SPEAR_CACHE_DIR", str(blocker / "modules"))
-    monkeypatch.setattr(module_mod, "_compiled", {})
     caplog.set_level(logging.WARNING, logger="spear.wasm.cache")
     assert works(echo_wasm)
     assert any("unusable" in r.getMessage() for r in caplog.records)
@@ -166,8 +179,115 @@ def test_each_module_and_engine_configuration_gets_its_own_entry(
     assert works(echo_wasm, fuel=1_000_000)  # fuel metering changes the compiled code
     assert works(echo_wasm, memory_limit=4 << 20)  # a store limit: same code, same entry
     assert len(entries(cache_dir)) == 2
-    wasm.load(wasm_fixture("multi"))
+    load(wasm_fixture("multi"))
     assert len(entries(cache_dir)) == 3
     forget_compiled()
     assert works(echo_wasm, fuel=1_000_000)
     assert len(entries(cache_dir)) == 3
+
+
+# ------------------------------------------------------------------ entries that must not run
+#
+# Each case runs in a child process: were a damaged entry deserialized, the host could crash.
+
+
+def _entry_pair(directory: Path) -> tuple[Path, Path]:
+    [code] = entries(directory)
+    return code, code.with_suffix(".digest")
+
+
+DAMAGES = ["flipped_bytes", "other_modules_entry", "other_modules_code_only", "symlink",
+           "hard_link", "fifo", "readable_by_others", "no_digest", "directory",
+           "digest_of_another_engine"] + (["owned_by_another_user"] if os.geteuid() == 0 else [])
+
+
+@in_child
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_an_entry_that_is_not_exactly_ours_is_never_deserialized_and_is_replaced(
+    damage: str, echo_wasm: str, multi_wasm: str, tmp_dir: str,
+) -> None:
+    import logging
+    import shutil
+
+    logging.basicConfig(level=logging.WARNING)
+    directory = Path(tmp_dir) / "modules"
+    os.environ["SPEAR_CACHE_DIR"] = str(directory)
+    os.environ.pop("SPEAR_NO_MODULE_CACHE", None)
+    other_dir = Path(tmp_dir) / "other"
+    with wasm.WasmHost() as host:
+        host.load(Path(multi_wasm), cache_dir=other_dir)
+        host.load(Path(multi_wasm), fuel=1000, cache_dir=other_dir / "fuel")
+    [other_code] = entries(other_dir)
+    other_digest = other_code.with_suffix(".digest")
+    with wasm.WasmHost() as host:
+        host.load(Path(echo_wasm))
+    code, digest = _entry_pair(directory)
+    if damage == "flipped_bytes":
+        data = bytearray(code.read_bytes())
+        for offset in range(64, len(data), 97):
+            data[offset] ^= 0xFF
+        code.write_bytes(bytes(data))
+    elif damage == "other_modules_entry":
+        shutil.copyfile(other_code, code)
+        shutil.copyfile(other_digest, digest)
+    elif damage == "other_modules_code_only":
+        shutil.copyfile(other_code, code)
+    elif damage == "symlink":
+        code.unlink()
+        code.symlink_to(other_code)
+        digest.unlink()
+        digest.symlink_to(other_digest)
+    elif damage == "hard_link":
+        code.unlink()
+        os.link(other_code, code)
+    elif damage == "fifo":
+        code.unlink()
+        os.mkfifo(code, 0o600)
+    elif damage == "readable_by_others":
+        code.chmod(0o644)
+    elif damage == "no_digest":
+        digest.unlink()
+    elif damage == "directory":
+        code.unlink()
+        code.mkdir()
+    elif damage == "owned_by_another_user":
+        os.chown(code, 65534, -1)
+    elif damage == "digest_of_another_engine":
+        [fuel_code] = entries(other_dir / "fuel")
+        shutil.copyfile(fuel_code.with_suffix(".digest"), digest)
+    with wasm.WasmHost() as host:
+        module = host.load(Path(echo_wasm))
+        assert module.handlers == ["echo"]  # this module's code, not the planted one
+        with module.instantiate() as instance:
+            assert instance.call("echo", b"the right code") == b"the right code"
+    if damage != "directory":  # a directory is not ours to remove; the entry stays unused
+        code, digest = _entry_pair(directory)
+        assert code.is_file() and not code.is_symlink() and code.stat().st_nlink == 1
+        assert stat.S_IMODE(code.stat().st_mode) == 0o600
+    assert other_code.read_bytes() and other_code.stat().st_nlink >= 1  # the other one intact
+    # And the next load of the (re)written entry uses it.
+    with wasm.WasmHost() as host, host.load(Path(echo_wasm)).instantiate() as instance:
+        assert instance.call("echo", b"again") == b"again"
+
+
+@pytest.fixture
+def multi_wasm(wasm_fixture: Fixture) -> Path:
+    return wasm_fixture("multi")
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_the_cache_stays_within_its_byte_bound(cache_dir: Path, wasm_fixture: Fixture) -> None:
+    names = ["echo", "multi", "metadata", "sender", "logger", "trap", "spin", "recursion"]
+    with wasm.WasmHost(cache_max_bytes=60_000) as host:
+        for name in names:
+            host.load(wasm_fixture(name))
+        total = sum(p.stat().st_size for p in cache_dir.iterdir())
+        assert total <= 60_000 + 4096, total
+        assert 1 <= len(entries(cache_dir)) < len(names)
+        # Pruned or not, every module still loads (from the cache or compiled again).
+        for name in names:
+            assert host.load(wasm_fixture(name)).handlers

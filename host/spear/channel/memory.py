@@ -1,20 +1,31 @@
 """The in-memory channel: a `CommunicationChannel` whose transport is a guest's linear memory.
 
 A request is written straight into the guest's memory and its handler runs in this process.
-Where the call runs is chosen per handler ("auto" dispatch): a handler whose recent calls all
-finished within `inline_threshold_us` runs inline on the event loop, which costs a couple of
-microseconds; any other call runs on the instance's own worker thread (wasm releases the
-GIL), so a long guest call never stalls the loop. A handler that turns slow inline is moved
-back to the thread at once. `ChannelConfig.extra["dispatch"]` = "thread" or "inline" forces
-one mode.
+Where the call runs is chosen per handler ("auto" dispatch): a handler whose recent calls on
+the instance's thread all finished within `inline_threshold_us` runs inline on the event loop
+(a couple of microseconds), every other call on the instance's own worker thread (wasm
+releases the GIL).
+
+Guest code never holds the event loop longer than the loop budget (`loop_budget_ms`, 5 ms by
+default): an inline call is interrupted when the budget runs out, its instance is replaced,
+what it did to the mailbox is undone, and the call runs again on the thread with what is left
+of its timeout; the handler then has to prove itself fast on the thread again (twice as many
+calls each time it is caught) before it is let back on the loop. Anything that has to run
+guest code besides the handler (a replacement instance's start function and handshake) runs
+on the thread too. docs/wasm-abi.md ("The event loop budget") has the trade-offs.
+
+`ChannelConfig.extra["dispatch"]` = "thread" or "inline" forces one mode ("inline" still
+honours the budget).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from spear.channel.base import CommunicationChannel
 from spear.config import ChannelConfig
@@ -30,42 +41,80 @@ from spear.messages import (
     Shutdown,
 )
 from spear.stats import ChannelStats, StatsRecorder
-from spear.transport.wasm.instance import CallFailure, CallResult, WasmInstance
+from spear.transport.wasm.arguments import as_input, check_function, check_timeout, encode_metadata
+from spear.transport.wasm.instance import WasmInstance
+from spear.transport.wasm.limits import DEFAULT_LOOP_BUDGET, MAX_TIMEOUT, GuestLimits
 from spear.transport.wasm.module import WasmModule
+from spear.transport.wasm.session import GuestSession
+from spear.transport.wasm.traps import CallFailure, CallResult
 
 DEFAULT_INLINE_THRESHOLD_US = 500
 # Inputs above this always leave the loop: copying them alone takes tens of microseconds.
 INLINE_MAX_INPUT = 1 << 20
-_perf_counter = time.perf_counter
 FAST_CALLS_BEFORE_INLINE = 3
+MAX_FAST_CALLS_BEFORE_INLINE = 3 << 10
+MAX_LEARNED_HANDLERS = 1024  # handler names whose speed the channel remembers
+MAX_HEALTH_ANSWERS = 16  # unreceived answers to `send(HealthCheck())`; older ones are dropped
+MAX_LOOP_BUDGET = 1.0
+_perf_counter = time.perf_counter
 _SUCCESS = ExecutionStatus.SUCCESS
 _ERROR = ExecutionStatus.ERROR
 
 
+def check_loop_budget(value: Any, name: str = "loop_budget_ms") -> float:
+    """A loop budget in milliseconds, as seconds."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InvalidConfiguration(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of milliseconds, not {type(value).__name__}")
+    if not 0 < value <= MAX_LOOP_BUDGET * 1000:
+        raise InvalidConfiguration(
+            f"{name} must be more than 0 and at most {MAX_LOOP_BUDGET * 1000:g}, got {value!r}")
+    return float(value) / 1000.0
+
+
 class MemoryChannel(CommunicationChannel):
     def __init__(
-        self, instance_id: RuntimeInstanceId, instance: WasmInstance, config: ChannelConfig
+        self, instance_id: RuntimeInstanceId, session: GuestSession, config: ChannelConfig, *,
+        loop_budget: float = DEFAULT_LOOP_BUDGET,
     ) -> None:
         self._id = instance_id
-        self._instance = instance
+        self._session = session
+        self._execute = session.execute
+        self._mailbox = session.mailbox
         self._config = config
-        self._default_timeout = config.request_timeout if config.request_timeout_ms else None
+        self._default_timeout = (min(config.request_timeout, MAX_TIMEOUT)
+                                 if config.request_timeout_ms else None)
         dispatch = config.extra.get("dispatch", "auto")
         if dispatch not in ("auto", "thread", "inline"):
             raise InvalidConfiguration(f"dispatch must be auto, thread or inline, not {dispatch!r}")
         self._dispatch = dispatch
-        self._inline_threshold = (
-            int(config.extra.get("inline_threshold_us", DEFAULT_INLINE_THRESHOLD_US)) / 1e6
-        )
+        threshold = config.extra.get("inline_threshold_us", DEFAULT_INLINE_THRESHOLD_US)
+        try:
+            self._inline_threshold = int(threshold) / 1e6
+        except ValueError:
+            raise InvalidConfiguration(
+                f"inline_threshold_us must be an int, got {threshold!r}") from None
+        self._budget = loop_budget
         self._fast_streak: dict[str, int] = {}  # handler -> consecutive fast threaded calls
+        self._needed: dict[str, int] = {}  # handler -> fast calls it needs to go inline
         # Handlers allowed to run on the loop (auto mode learns them; "inline" never asks).
         self._inline: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()  # serialises calls that leave the loop
         self._threaded = 0  # threaded calls queued or running; inline must wait for them
-        self._inbound: asyncio.Queue[RuntimeMessage | None] = asyncio.Queue()
+        self._arrived = asyncio.Event()  # the guest sent something, or a health answer
+        self._room = asyncio.Event()  # a call ended: the guest's inbox may have room
+        self._health_answers: collections.deque[HealthResponse] = collections.deque(
+            maxlen=MAX_HEALTH_ANSWERS)
+        self._sent_seen = 0
+        self._pushers = 0  # senders waiting for room in the guest's inbox
         self._stats = StatsRecorder()
         self._closed = False
+        self._wrapper: WasmInstance | None = None
 
     @property
     def instance_id(self) -> RuntimeInstanceId:
@@ -76,8 +125,19 @@ class MemoryChannel(CommunicationChannel):
         return not self._closed
 
     @property
+    def session(self) -> GuestSession:
+        return self._session
+
+    @property
     def wasm_instance(self) -> WasmInstance:
-        return self._instance
+        """The embedding view of this channel's instance (same guest, same calls)."""
+        if self._wrapper is None:
+            self._wrapper = WasmInstance._wrap(self._session)
+        return self._wrapper
+
+    @property
+    def loop_budget(self) -> float:
+        return self._budget
 
     async def execute(
         self, request: ExecutionRequest, timeout: float | None = None
@@ -101,28 +161,51 @@ class MemoryChannel(CommunicationChannel):
         if self._closed:
             raise ChannelClosed(f"channel to {self._id.full_id} is closed")
         if timeout is None:
-            timeout = (request.timeout_ms / 1000.0 if request.timeout_ms > 0
-                       else self._default_timeout)
+            timeout_ms = request.timeout_ms
+            if timeout_ms == 0:
+                timeout = self._default_timeout
+            else:
+                if type(timeout_ms) is not int or timeout_ms < 0:
+                    timeout_ms = _check_timeout_ms(timeout_ms)
+                timeout = min(timeout_ms / 1000.0, MAX_TIMEOUT)
+        elif type(timeout) is not float or not 0.0 < timeout <= MAX_TIMEOUT:
+            timeout = check_timeout(timeout)
         function = request.function_name
+        if type(function) is not str:
+            check_function(function, "request.function_name")
         data = request.input_data
+        if type(data) is not bytes:
+            data = as_input(data, "request.input_data")
+        metadata = request.metadata or None
+        if metadata is not None and type(metadata) is not dict:
+            encode_metadata(metadata, "request.metadata")
         started = _perf_counter()
-        if not self._threaded and (
+        if not self._threaded and self._session.live and (
             (function in self._inline and len(data) <= INLINE_MAX_INPUT)
             or self._dispatch == "inline"
         ):
-            result = self._instance.execute(function, data, timeout, request.metadata or None)
+            result = self._execute(function, data, timeout, metadata, self._budget)
             elapsed = _perf_counter() - started
-            if elapsed > self._inline_threshold:
+            if type(result) is not bytes and result.needs_thread:  # type: ignore[union-attr]
+                self._caught_slow(function)
+                remaining = None if timeout is None else timeout - elapsed
+                if remaining is not None and remaining <= 0:
+                    self._stats.timeout_errors += 1
+                    raise Timeout(f"{self._id.full_id}: {function!r} did not finish within "
+                                  f"{timeout} s")
+                result = await self._run_threaded(function, data, metadata, remaining)
+                elapsed = _perf_counter() - started
+            elif elapsed > self._inline_threshold:
                 self._learn(function, elapsed)  # demote it to the thread
         else:
-            result = await self._run_threaded(request, timeout)
+            result = await self._run_threaded(function, data, metadata, timeout)
             elapsed = _perf_counter() - started
         # StatsRecorder's counters, bumped inline: this runs for every request.
         stats = self._stats
         stats.messages_sent += 1
         stats.bytes_sent += len(data)
-        if self._instance.outbox:
-            self._deliver_sent()
+        if self._mailbox.sent_count != self._sent_seen or self._pushers:
+            self._after_mail()
         if type(result) is bytes:
             stats.messages_received += 1
             stats.bytes_received += len(result)
@@ -139,9 +222,8 @@ class MemoryChannel(CommunicationChannel):
         return ExecutionResponse(request.request_id, b"", _ERROR, result.message, result.code,
                                  elapsed * 1000.0)
 
-    async def _run_threaded(
-        self, request: ExecutionRequest, timeout: float | None
-    ) -> CallResult:
+    async def _run_threaded(self, function: str, data: bytes, metadata: dict[str, str] | None,
+                            timeout: float | None) -> CallResult:
         self._threaded += 1
         try:
             waited = time.perf_counter()
@@ -163,10 +245,8 @@ class MemoryChannel(CommunicationChannel):
                 loop = asyncio.get_running_loop()
                 started = time.perf_counter()
                 result = await loop.run_in_executor(
-                    self._executor, self._instance.execute, request.function_name,
-                    request.input_data, remaining, request.metadata or None,
-                )
-                self._learn(request.function_name, time.perf_counter() - started)
+                    self._executor, self._execute, function, data, remaining, metadata)
+                self._learn(function, time.perf_counter() - started)
                 return result
             finally:
                 self._lock.release()
@@ -176,72 +256,128 @@ class MemoryChannel(CommunicationChannel):
     def _learn(self, function: str, elapsed: float) -> None:
         if self._dispatch != "auto":
             return
+        if function not in self._fast_streak and len(self._fast_streak) >= MAX_LEARNED_HANDLERS:
+            return  # names callers make up must not grow this without end: they stay threaded
         if elapsed <= self._inline_threshold:
             streak = self._fast_streak.get(function, 0) + 1
             self._fast_streak[function] = streak
-            if streak >= FAST_CALLS_BEFORE_INLINE:
+            if streak >= self._needed.get(function, FAST_CALLS_BEFORE_INLINE):
                 self._inline.add(function)
         else:
             self._fast_streak[function] = 0
             self._inline.discard(function)
 
-    def _deliver_sent(self) -> None:
-        for topic, data in self._instance.take_sent():
-            self._stats.received(len(data))
-            self._inbound.put_nowait(ExecutionRequest(
-                f"{self._id.instance_id}:out:{self._stats.messages_received}", topic, data, 0,
-                {"origin": "guest"},
-            ))
+    def _caught_slow(self, function: str) -> None:
+        """An inline call ran past the loop budget: off the loop, and longer to come back."""
+        self._inline.discard(function)
+        if function in self._needed or len(self._needed) < MAX_LEARNED_HANDLERS:
+            self._fast_streak[function] = 0
+            self._needed[function] = min(
+                MAX_FAST_CALLS_BEFORE_INLINE,
+                2 * self._needed.get(function, FAST_CALLS_BEFORE_INLINE))
+
+    def _after_mail(self) -> None:
+        self._sent_seen = self._mailbox.sent_count
+        if self._sent_seen:
+            self._arrived.set()
+        self._room.set()
 
     def _health(self, request_id: str) -> HealthResponse:
-        instance = self._instance
+        session = self._session
         return HealthResponse(
             request_id,
             "not_serving" if self._closed else "serving",
             {
-                "calls": float(instance.call_count),
-                "replacements": float(instance.replacements),
-                "memory_bytes": float(instance.memory_size),
-                "queued_for_guest": float(len(instance.inbox)),
+                "calls": float(session.calls),
+                "replacements": float(session.replacements),
+                "memory_bytes": float(session.memory_size()),
+                "queued_for_guest": float(self._mailbox.queued_count),
+                "queued_for_host": float(self._mailbox.sent_count),
+                "log_dropped": float(session.log.dropped_records),
             },
         )
 
     async def send(self, message: RuntimeMessage) -> None:
-        """Queue a message for the guest (`spear.recv`), or answer a health check."""
+        """Queue a message for the guest (`spear.recv`), or answer a health check.
+
+        When the guest's inbox is full this waits (up to the channel's request timeout) for
+        the guest to pull messages, then raises `Timeout`.
+        """
         if self._closed:
             raise ChannelClosed(f"channel to {self._id.full_id} is closed")
         if type(message) is ExecutionRequest:
-            self._instance.push(message.function_name, message.input_data)
-            self._stats.sent(len(message.input_data))
+            topic = check_function(message.function_name, "message.function_name")
+            data = as_input(message.input_data, "message.input_data")
+            if len(topic.encode()) + len(data) > self._session.max_message_size:
+                raise InvalidMessage(
+                    f"message of {len(topic.encode()) + len(data)} bytes exceeds the maximum "
+                    f"of {self._session.max_message_size}")
+            await self._push(topic, data)
+            self._stats.sent(len(data))
         elif type(message) is HealthCheck:
-            self._inbound.put_nowait(self._health(message.request_id))
+            self._health_answers.append(self._health(message.request_id))
+            self._arrived.set()
         elif type(message) is Shutdown:
             await self.close()
         else:
             raise InvalidMessage(f"cannot send {type(message).__name__} to a WASM guest")
 
+    async def _push(self, topic: str, data: bytes) -> None:
+        if self._mailbox.push(topic, data):
+            return
+        self._pushers += 1
+        try:
+            async with asyncio.timeout(self._default_timeout):
+                while not self._mailbox.push(topic, data):
+                    if self._closed:
+                        raise ChannelClosed(f"channel to {self._id.full_id} is closed")
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            raise Timeout(f"{self._id.full_id}: the guest's inbox stayed full for "
+                          f"{self._default_timeout} s") from None
+        finally:
+            self._pushers -= 1
+
     async def receive(self) -> RuntimeMessage:
         """The next message the guest sent with `spear.send` (or a health answer)."""
-        if self._closed and self._inbound.empty():
-            raise ChannelClosed(f"channel to {self._id.full_id} is closed")
-        message = await self._inbound.get()
-        if message is None:
-            self._inbound.put_nowait(None)  # wake the next waiter too
-            raise ChannelClosed(f"channel to {self._id.full_id} is closed")
-        return message
+        while True:
+            if self._health_answers:
+                return self._health_answers.popleft()
+            sent = self._mailbox.pop_sent()
+            if sent is not None:
+                self._sent_seen = self._mailbox.sent_count
+                topic, data = sent
+                self._stats.received(len(data))
+                return ExecutionRequest(
+                    f"{self._id.instance_id}:out:{self._stats.messages_received}", topic, data,
+                    0, {"origin": "guest"})
+            if self._closed:
+                raise ChannelClosed(f"channel to {self._id.full_id} is closed")
+            self._arrived.clear()
+            await self._arrived.wait()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._inbound.put_nowait(None)
+        self._arrived.set()
+        self._room.set()
         async with self._lock:  # let a running threaded call finish first
-            self._instance.close()
+            self._session.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
     async def get_stats(self) -> ChannelStats:
         return self._stats.snapshot()
+
+
+def _check_timeout_ms(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"request.timeout_ms must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidConfiguration(f"request.timeout_ms must be >= 0, got {value}")
+    return value
 
 
 async def open_memory_channel(
@@ -251,15 +387,30 @@ async def open_memory_channel(
     *,
     memory_limit: int | None = None,
     fuel: int | None = None,
+    loop_budget_ms: float | str | None = None,
+    limits: GuestLimits | None = None,
 ) -> MemoryChannel:
-    """Load (or reuse) a module, start an instance and return the channel to it."""
+    """Load (or reuse) a module, start an instance and return the channel to it.
+
+    Both steps run guest code or compile, so both run off the event loop; the instance's
+    start gets `config.connect_timeout_ms`.
+    """
     config = config or ChannelConfig()
+    budget = check_loop_budget(
+        config.extra.get("loop_budget_ms", DEFAULT_LOOP_BUDGET * 1000)
+        if loop_budget_ms is None else loop_budget_ms)
+    if limits is not None and not isinstance(limits, GuestLimits):
+        raise TypeError(f"limits must be a GuestLimits, not {type(limits).__name__}")
     if isinstance(artifact, WasmModule):
         module = artifact
     else:
-        # Compiling can take a while the first time; keep the loop free.
+        from spear.transport.wasm.wasm_host import default_host
+
         module = await asyncio.to_thread(
-            WasmModule.load, artifact, memory_limit=memory_limit, fuel=fuel)
-    instance = WasmInstance(module, label=instance_id.full_id,
-                            max_message_size=config.max_message_size)
-    return MemoryChannel(instance_id, instance, config)
+            default_host().load, artifact, memory_limit=memory_limit, fuel=fuel)
+    setup = min(config.connect_timeout, MAX_TIMEOUT) if config.connect_timeout_ms else None
+    session = await asyncio.to_thread(
+        GuestSession, module, label=instance_id.full_id,
+        max_message_size=config.max_message_size, limits=limits or GuestLimits(),
+        setup_timeout=setup or module.setup_timeout)
+    return MemoryChannel(instance_id, session, config, loop_budget=budget)

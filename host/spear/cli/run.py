@@ -37,15 +37,22 @@ def parse_metadata(pairs: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from spear import wasm
+    from spear.transport.wasm.arguments import check_positive_int, check_timeout
 
+    # Refuse bad options before compiling anything.
+    check_timeout(args.timeout, "--timeout")
+    if args.memory_limit is not None:
+        check_positive_int(args.memory_limit, "--memory-limit", 65536, 4 << 30)
+    if args.fuel is not None:
+        check_positive_int(args.fuel, "--fuel")
+    metadata = parse_metadata(args.meta)
     if args.input_file is not None:
         data = args.input_file.read_bytes()
     else:
         data = (args.input or "").encode()
     module = wasm.load(args.module, memory_limit=args.memory_limit, fuel=args.fuel)
     with module.instantiate() as instance:
-        output = instance.call(args.function, data, timeout=args.timeout,
-                               metadata=parse_metadata(args.meta))
+        output = instance.call(args.function, data, timeout=args.timeout, metadata=metadata)
     sys.stdout.buffer.write(output)
     if sys.stdout.isatty() and not output.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")

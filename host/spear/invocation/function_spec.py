@@ -29,7 +29,9 @@ class Limits:
 
     `timeout_s` is the default for `invoke(..., timeout=None)`; `max_input_bytes` refuses
     bigger inputs before they reach an instance; `max_message_size` bounds every frame on the
-    instance's channel; `memory_bytes` and `fuel` are passed to WASM instances.
+    instance's channel; `memory_bytes` and `fuel` are passed to WASM instances;
+    `loop_budget_ms` is how long a WASM guest may hold the event loop per call (None: the
+    runtime's default, 5 ms; see docs/wasm-abi.md).
     """
 
     timeout_s: float | None = 30.0
@@ -37,6 +39,7 @@ class Limits:
     max_message_size: int | None = None
     memory_bytes: int | None = None
     fuel: int | None = None
+    loop_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         timeout = self.timeout_s
@@ -45,6 +48,11 @@ class Limits:
                                     or not 0 < timeout <= MAX_TIMEOUT_S):  # NaN fails too
             raise InvalidConfiguration(
                 f"limits.timeout_s must be seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout!r}")
+        budget = self.loop_budget_ms
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
+                                   or not 0 < budget <= 1000):  # NaN fails too
+            raise InvalidConfiguration(
+                f"limits.loop_budget_ms must be a number in (0, 1000], got {budget!r}")
         for name in ("max_input_bytes", "max_message_size", "memory_bytes", "fuel"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value <= 0):

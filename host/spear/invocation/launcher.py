@@ -65,6 +65,8 @@ class Launcher:
                 options["memory_limit"] = spec.limits.memory_bytes
             if spec.limits.fuel is not None:
                 options["fuel"] = spec.limits.fuel
+            if spec.limits.loop_budget_ms is not None:
+                options["loop_budget_ms"] = spec.limits.loop_budget_ms
         elif spec.runtime is RuntimeType.PROCESS:
             options["command"] = [str(arg) for arg in spec.command or ()]
             if spec.env is not None:

@@ -16,6 +16,8 @@ from spear.errors import InvalidConfiguration
 from spear.messages import ExecutionRequest
 
 GUEST_DEADLINE_SLACK = 0.025
+# spear.wasm.MAX_TIMEOUT, not imported: the WASM runtime is optional here.
+MAX_TIMEOUT = 365 * 24 * 3600.0
 
 
 class WasmHandler:
@@ -44,7 +46,9 @@ class WasmHandler:
         # The guest's epoch deadline trails the dispatcher's by a hair, so the caller always
         # gets a TIMEOUT response (from the dispatcher) and the guest is still preempted
         # right after, freeing the thread.
-        timeout = request.timeout_ms / 1000.0 + GUEST_DEADLINE_SLACK if request.timeout_ms else None
+        # A remote caller's timeout is clamped to what a guest call accepts.
+        timeout = (min(request.timeout_ms / 1000.0 + GUEST_DEADLINE_SLACK, MAX_TIMEOUT)
+                   if request.timeout_ms else None)
         # After a trap or timeout the instance replaces its own guest state (docs/wasm-abi.md).
         output: bytes = self._instance().call(
             request.function_name, request.input_data, timeout=timeout,

@@ -17,6 +17,19 @@ HANDLER_PREFIX = "spear.handler."
 
 IMPORT_MODULE = "spear"
 
+# The type of every export the host calls, as (params, results) of wasm value types; the host
+# checks them all when it loads a module (docs/wasm-abi.md, "Exports the guest provides").
+I32 = "i32"
+FUNCTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    EXPORT_ABI_VERSION: ((), (I32,)),
+    EXPORT_INIT: ((I32,), (I32,)),
+    EXPORT_RESERVE: ((I32,), (I32,)),
+    EXPORT_DISPATCH: ((), (I32,)),
+    EXPORT_INITIALIZE: ((), ()),
+}
+HANDLER_TYPE: tuple[tuple[str, ...], tuple[str, ...]] = ((), (I32,))
+REQUIRED_EXPORTS = (EXPORT_MEMORY, EXPORT_ABI_VERSION, EXPORT_INIT, EXPORT_RESERVE)
+
 CTRL_MAGIC = 0x52455053  # b"SPER" read as a little-endian u32
 CTRL_SIZE = 80
 
@@ -43,12 +56,3 @@ ERR_BUFFER_TOO_SMALL = -4
 
 U32_MAX = 0xFFFFFFFF
 
-
-def encode_metadata(metadata: dict[str, str]) -> bytes:
-    """`u32 key_len, key, u32 value_len, value` per pair, as the guest reads it."""
-    parts: list[bytes] = []
-    for key, value in metadata.items():
-        k = key.encode()
-        v = value.encode()
-        parts += (len(k).to_bytes(4, "little"), k, len(v).to_bytes(4, "little"), v)
-    return b"".join(parts)

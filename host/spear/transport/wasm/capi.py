@@ -60,6 +60,7 @@ void wasmtime_config_max_wasm_stack_set(wasm_config_t *, size_t);
 void wasmtime_config_parallel_compilation_set(wasm_config_t *, bool);
 void wasmtime_config_memory_may_move_set(wasm_config_t *, bool);
 void wasmtime_config_memory_reservation_set(wasm_config_t *, uint64_t);
+void wasmtime_config_memory_init_cow_set(wasm_config_t *, bool);
 wasm_engine_t *wasm_engine_new_with_config(wasm_config_t *);
 void wasm_engine_delete(wasm_engine_t *);
 void wasmtime_engine_increment_epoch(wasm_engine_t *);
@@ -73,6 +74,7 @@ void wasmtime_module_delete(wasmtime_module_t *);
 
 wasmtime_linker_t *wasmtime_linker_new(wasm_engine_t *);
 void wasmtime_linker_delete(wasmtime_linker_t *);
+void wasmtime_linker_allow_shadowing(wasmtime_linker_t *, bool);
 wasmtime_error_t *wasmtime_linker_define_func_unchecked(
     wasmtime_linker_t *, const char *module, size_t module_len, const char *name,
     size_t name_len, const wasm_functype_t *ty, wasmtime_func_unchecked_callback_t cb,
@@ -94,6 +96,8 @@ wasmtime_error_t *wasmtime_context_set_fuel(wasmtime_context_t *, uint64_t);
 wasmtime_error_t *wasmtime_context_get_fuel(const wasmtime_context_t *, uint64_t *);
 void wasmtime_context_set_epoch_deadline(wasmtime_context_t *, uint64_t ticks_beyond_current);
 wasmtime_context_t *wasmtime_caller_context(wasmtime_caller_t *);
+bool wasmtime_caller_export_get(wasmtime_caller_t *, const char *name, size_t name_len,
+                                wasmtime_extern_t *item);
 
 bool wasmtime_instance_export_get(wasmtime_context_t *, const wasmtime_instance_t *,
                                   const char *name, size_t name_len, wasmtime_extern_t *item);
@@ -119,6 +123,11 @@ typedef struct wasi_config_t wasi_config_t;
 wasmtime_error_t *wasmtime_linker_define_wasi(wasmtime_linker_t *);
 wasi_config_t *wasi_config_new(void);
 void wasi_config_inherit_stderr(wasi_config_t *);
+typedef ptrdiff_t (*wasi_output_callback_t)(void *data, const unsigned char *buf, size_t len);
+void wasi_config_set_stderr_custom(wasi_config_t *, wasi_output_callback_t, void *data,
+                                   void (*finalizer)(void *));
+void wasi_config_set_stdout_custom(wasi_config_t *, wasi_output_callback_t, void *data,
+                                   void (*finalizer)(void *));
 bool wasi_config_set_argv(wasi_config_t *, size_t argc, const char *argv[]);
 wasmtime_error_t *wasmtime_context_set_wasi(wasmtime_context_t *, wasi_config_t *);
 
@@ -136,10 +145,17 @@ const wasm_byte_vec_t *wasm_exporttype_name(const wasm_exporttype_t *);
 const wasm_externtype_t *wasm_exporttype_type(const wasm_exporttype_t *);
 uint8_t wasm_externtype_kind(const wasm_externtype_t *);
 void wasm_exporttype_vec_delete(wasm_exporttype_vec_t *);
+typedef struct wasm_memorytype_t wasm_memorytype_t;
+const wasm_functype_t *wasm_externtype_as_functype_const(const wasm_externtype_t *);
+const wasm_memorytype_t *wasm_externtype_as_memorytype_const(const wasm_externtype_t *);
+bool wasmtime_memorytype_is64(const wasm_memorytype_t *);
+bool wasmtime_memorytype_isshared(const wasm_memorytype_t *);
+void wasmtime_module_image_range(const wasmtime_module_t *, void **start, void **end);
 
 void wasmtime_error_message(const wasmtime_error_t *, wasm_byte_vec_t *message);
 void wasmtime_error_delete(wasmtime_error_t *);
 wasm_trap_t *wasmtime_trap_new(const char *msg, size_t msg_len);
+wasm_trap_t *wasmtime_trap_new_code(uint8_t code);
 bool wasmtime_trap_code(const wasm_trap_t *, uint8_t *code);
 void wasm_trap_message(const wasm_trap_t *, wasm_byte_vec_t *out);
 void wasm_trap_delete(wasm_trap_t *);
@@ -148,8 +164,21 @@ void wasm_byte_vec_delete(wasm_byte_vec_t *);
 
 WASM_I32 = 0
 WASM_I64 = 1
+WASM_F32 = 2
+WASM_F64 = 3
+WASM_V128 = 4
+WASM_EXTERNREF = 128
+WASM_FUNCREF = 129
+VALTYPE_NAMES = {WASM_I32: "i32", WASM_I64: "i64", WASM_F32: "f32", WASM_F64: "f64",
+                 WASM_V128: "v128", WASM_EXTERNREF: "externref", WASM_FUNCREF: "funcref"}
+
 EXTERN_FUNC = 0
+EXTERN_GLOBAL = 1
+EXTERN_TABLE = 2
 EXTERN_MEMORY = 3
+EXTERN_SHARED_MEMORY = 4  # wasmtime_extern_t only; a module's type says "memory, shared"
+EXTERN_NAMES = {EXTERN_FUNC: "a function", EXTERN_GLOBAL: "a global", EXTERN_TABLE: "a table",
+                EXTERN_MEMORY: "a memory", EXTERN_SHARED_MEMORY: "a shared memory"}
 
 TRAP_STACK_OVERFLOW = 0
 TRAP_MEMORY_OUT_OF_BOUNDS = 1
@@ -178,10 +207,30 @@ WASMTIME_VERSION = _wasmtime_version()
 
 
 def _library_path() -> Path:
-    # The wasmtime package computes the path of the library it ships; we load that same file.
+    """The library the wasmtime package ships, checked before anything loads it.
+
+    Every libwasmtime in the package is checked before the package is imported (importing
+    `wasmtime._bindings` loads one); then we load the very file the package loaded.
+    """
+    import importlib.util
+
+    from spear.transport.wasm.trust import UntrustedFile, check_native_library
+
+    spec = importlib.util.find_spec("wasmtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("spear needs the 'wasmtime' package (pip install 'wasmtime>=50,<51')")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    checked = {
+        check_native_library(candidate, package, "libwasmtime")
+        for pattern in ("*/_libwasmtime.*", "*/_wasmtime.dll")
+        for candidate in package.glob(pattern)
+    }
     import wasmtime._ffi as wasmtime_ffi
 
-    return Path(wasmtime_ffi.filename)
+    loaded = Path(wasmtime_ffi.filename).resolve()
+    if loaded not in checked:
+        raise UntrustedFile(f"refusing to load libwasmtime: {loaded} was not checked")
+    return loaded
 
 
 def _check_version() -> None:
@@ -216,8 +265,9 @@ def _check_layout() -> None:
 
 
 _check_version()
+_LIBRARY = _library_path()  # before _check_layout: importing the bindings loads the library
 _check_layout()
-lib: Any = ffi.dlopen(str(_library_path()))
+lib: Any = ffi.dlopen(str(_LIBRARY))
 
 
 def resolve_all(library: Any) -> None:

@@ -1,13 +1,13 @@
-"""Wasmtime engines, one per distinct configuration, each with its epoch ticker."""
+"""A wasmtime engine and its epoch ticker, owned together: closing one stops both."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-from spear.transport.wasm.capi import ffi, lib
-from spear.transport.wasm.native_call import native_ffi
+from spear.transport.wasm.capi import WASMTIME_VERSION, ffi, lib
+from spear.transport.wasm.managed import Managed
+from spear.transport.wasm.native_call import native, native_ffi
 from spear.transport.wasm.ticker import EpochTicker
 
 DEFAULT_MAX_WASM_STACK = 512 * 1024
@@ -16,17 +16,22 @@ MEMORY_RESERVATION = 4 << 30
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Everything that changes compiled code; modules are cached per these options."""
+    """Everything that changes compiled code; compiled modules are kept per these options."""
 
     fuel: bool = False
     max_wasm_stack: int = DEFAULT_MAX_WASM_STACK
 
     @property
     def cache_key(self) -> str:
-        return f"fuel={int(self.fuel)},stack={self.max_wasm_stack}"
+        """Names the engine configuration in the compiled-module cache (with the version)."""
+        return (f"wasmtime={WASMTIME_VERSION},fuel={int(self.fuel)},"
+                f"stack={self.max_wasm_stack},epoch=1,reservation={MEMORY_RESERVATION},"
+                "may_move=0,cow=0")
 
 
-class Engine:
+class Engine(Managed):
+    _what = "WASM engine"
+
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         config = lib.wasm_config_new()
@@ -37,27 +42,17 @@ class Engine:
         # for life, so the host's view of guest memory stays valid across `memory.grow`.
         lib.wasmtime_config_memory_reservation_set(config, MEMORY_RESERVATION)
         lib.wasmtime_config_memory_may_move_set(config, False)
-        self.ptr: Any = lib.wasm_engine_new_with_config(config)  # takes ownership of config
-        if self.ptr == ffi.NULL:
+        # No copy-on-write memory images: each would hold a file descriptor (a memfd) per
+        # compiled module; data segments are copied at instantiation instead.
+        lib.wasmtime_config_memory_init_cow_set(config, False)
+        ptr = lib.wasm_engine_new_with_config(config)  # takes ownership of config
+        if ptr == ffi.NULL:
             raise RuntimeError("wasmtime could not create an engine")
-        # Native calls count themselves here; the pure-Python path counts in the ticker.
-        self.ticker_state: Any = (native_ffi.new("spear_ticker_t *") if native_ffi is not None
-                                  else _NoNativeCalls())
-        self.ticker = EpochTicker(lib, self.ptr, self.ticker_state)
+        super().__init__(ptr)
+        self.ticker = EpochTicker(lib, ptr, native, native_ffi)
 
-
-class _NoNativeCalls:
-    running = 0
-
-
-_engines: dict[EngineOptions, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def get_engine(options: EngineOptions) -> Engine:
-    """Engines live for the whole process: compiled modules and stores point into them."""
-    with _engines_lock:
-        engine = _engines.get(options)
-        if engine is None:
-            engine = _engines[options] = Engine(options)
-        return engine
+    def _free(self, ptr: Any) -> None:
+        # The ticker uses the engine pointer: stop it first. Modules and stores made from
+        # this engine keep wasmtime's engine alive on their own.
+        self.ticker.stop()
+        lib.wasm_engine_delete(ptr)

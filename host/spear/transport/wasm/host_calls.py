@@ -1,99 +1,72 @@
-"""The host imports a guest may use (module `spear`): send, recv, log, now.
+"""The host-call table: every function the host defines for guests, and the `spear` imports.
 
-They are defined once per engine as *unchecked* host functions: wasmtime hands us the raw
-argument slots and we answer in place, with no per-call type objects. The calling instance
-is found through the store's data pointer. Every guest pointer is bounds-checked against the
-memory size at that moment; a bad one traps the guest (never a read outside its memory).
+Each entry is an *unchecked* host function: wasmtime hands over the raw argument slots and
+the implementation answers in place, with no per-call type objects. The implementation gets
+the calling instance's `InstanceContext` (through the store's data pointer) and the caller.
+A guest breaking the ABI inside a host call (`GuestFault`) traps with that message; a host
+call that must stop the guest at its deadline (`GuestInterrupted`) traps as an epoch
+interrupt would; any other exception is a host bug and traps as `host error`, never
+unwinding through wasm frames.
+
+The table is owned by a linker, which keeps the callbacks alive as long as anything made
+from it. More entries (other modules, Python host functions) are added with `add()`.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from spear.transport.wasm import abi
-from spear.transport.wasm.capi import WASM_I32, WASM_I64, ffi, lib
+from spear.transport.wasm.capi import TRAP_INTERRUPT, WASM_I32, WASM_I64, error_message, ffi, lib
+from spear.transport.wasm.guest_log import LEVELS, MAX_LOG_LINE
+from spear.transport.wasm.guest_memory import GuestFault
+from spear.transport.wasm.instance_context import InstanceContext
 
-if TYPE_CHECKING:
-    from spear.transport.wasm.instance import WasmInstance
-
-guest_log = logging.getLogger("spear.guest")
-
-_LOG_LEVELS = {0: 5, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-MAX_LOG_LINE = 16 * 1024
+Implementation = Callable[[InstanceContext, Any, Any], None]
+CALLBACK_TYPE = "size_t(void *, wasmtime_caller_t *, wasmtime_val_raw_t *, size_t)"
 
 
-class GuestFault(Exception):
-    """A guest broke the ABI inside a host call; becomes a trap with this message."""
+class GuestInterrupted(Exception):
+    """A host call reached the running call's interrupt deadline (a blocking WASI call)."""
 
 
-def _instance(caller: Any) -> WasmInstance:
-    context = lib.wasmtime_caller_context(caller)
-    instance: WasmInstance = ffi.from_handle(lib.wasmtime_context_get_data(context))
-    return instance
+@dataclass(frozen=True)
+class HostFunction:
+    module: str
+    name: str
+    params: tuple[int, ...]
+    results: tuple[int, ...]
+    implementation: Implementation
 
 
-def _i32(slot: Any) -> int:
-    return int(slot.i32)
+def _trap(message: str) -> int:
+    encoded = message.encode()
+    return int(ffi.cast("size_t", lib.wasmtime_trap_new(encoded, len(encoded))))
 
 
-def _send(instance: WasmInstance, args: Any) -> None:
-    topic = instance.read_guest(_i32(args[0]), _i32(args[1]), "spear.send topic")
-    data = instance.read_guest(_i32(args[2]), _i32(args[3]), "spear.send data")
-    args[0].i32 = instance.guest_sent(topic, data)
+def _callback(function: HostFunction) -> Any:
+    implementation = function.implementation
+    label = f"{function.module}.{function.name}"
+    from_handle = ffi.from_handle
+    get_data = lib.wasmtime_context_get_data
+    caller_context = lib.wasmtime_caller_context
 
-
-def _recv(instance: WasmInstance, args: Any) -> None:
-    topic_buf, topic_cap = _i32(args[0]), _i32(args[1])
-    data_buf, data_cap = _i32(args[2]), _i32(args[3])
-    sizes_ptr = _i32(args[4])
-    args[0].i32 = instance.guest_recv(topic_buf, topic_cap, data_buf, data_cap, sizes_ptr)
-
-
-def _log(instance: WasmInstance, args: Any) -> None:
-    level = _LOG_LEVELS.get(_i32(args[0]), logging.INFO)
-    ptr, length = _i32(args[1]), _i32(args[2])
-    instance.check_guest_range(ptr, length, "spear.log")  # the whole range, before truncating
-    text = instance.read_guest(ptr, min(length & abi.U32_MAX, MAX_LOG_LINE),
-                               "spear.log").decode("utf-8", "replace")
-    guest_log.log(level, "%s", text, extra={"instance": instance.label})
-
-
-def _now(instance: WasmInstance, args: Any) -> None:
-    args[0].i64 = time.monotonic_ns()
-
-
-HostCall = Callable[["WasmInstance", Any], None]
-
-# name -> (params, results, implementation)
-HOST_CALLS: dict[str, tuple[tuple[int, ...], tuple[int, ...], HostCall]] = {
-    "send": ((WASM_I32,) * 4, (WASM_I32,), _send),
-    "recv": ((WASM_I32,) * 5, (WASM_I32,), _recv),
-    "log": ((WASM_I32,) * 3, (), _log),
-    "now": ((), (WASM_I64,), _now),
-}
-
-
-def _make_callback(name: str, implementation: HostCall) -> Any:
     def callback(env: Any, caller: Any, args: Any, nargs: int) -> int:
         try:
-            implementation(_instance(caller), args)
+            context = from_handle(get_data(caller_context(caller)))
+            implementation(context, caller, args)
         except GuestFault as fault:
-            message = str(fault).encode()
-            return int(ffi.cast("size_t", lib.wasmtime_trap_new(message, len(message))))
+            return _trap(str(fault))
+        except GuestInterrupted:
+            return int(ffi.cast("size_t", lib.wasmtime_trap_new_code(TRAP_INTERRUPT)))
         except Exception as exc:  # a host bug must not unwind through wasm frames
-            message = f"spear.{name}: host error: {type(exc).__name__}: {exc}".encode()
-            return int(ffi.cast("size_t", lib.wasmtime_trap_new(message, len(message))))
+            return _trap(f"{label}: host error: {type(exc).__name__}: {exc}")
         return 0
 
-    return ffi.callback("size_t(void *, wasmtime_caller_t *, wasmtime_val_raw_t *, size_t)",
-                        callback)
-
-
-# Callbacks must outlive every linker that points at them: keep them for the process.
-_CALLBACKS = {name: _make_callback(name, impl) for name, (_, _, impl) in HOST_CALLS.items()}
+    return ffi.callback(CALLBACK_TYPE, callback)
 
 
 def _functype(params: tuple[int, ...], results: tuple[int, ...]) -> Any:
@@ -109,18 +82,91 @@ def _functype(params: tuple[int, ...], results: tuple[int, ...]) -> Any:
     return lib.wasm_functype_new(vec(params), vec(results))
 
 
-def define_host_calls(linker: Any) -> None:
-    """Define every `spear.*` import on a linker."""
-    from spear.transport.wasm.capi import error_message
+class HostCallTable:
+    def __init__(self, functions: Iterable[HostFunction] = ()) -> None:
+        self._functions: dict[tuple[str, str], HostFunction] = {}
+        self._callbacks: dict[tuple[str, str], Any] = {}
+        for function in functions:
+            self.add(function)
 
-    module = abi.IMPORT_MODULE.encode()
-    for name, (params, results, _) in HOST_CALLS.items():
-        functype = _functype(params, results)
-        encoded = name.encode()
-        error = lib.wasmtime_linker_define_func_unchecked(
-            linker, module, len(module), encoded, len(encoded), functype,
-            _CALLBACKS[name], ffi.NULL, ffi.NULL,
-        )
-        lib.wasm_functype_delete(functype)
-        if error != ffi.NULL:
-            raise RuntimeError(f"cannot define spear.{name}: {error_message(error)}")
+    def add(self, function: HostFunction) -> None:
+        key = (function.module, function.name)
+        self._functions[key] = function
+        self._callbacks[key] = _callback(function)
+
+    def define_on(self, linker: Any) -> None:
+        """Define every entry on a wasmtime linker (shadowing earlier definitions)."""
+        for key, function in self._functions.items():
+            functype = _functype(function.params, function.results)
+            module, name = (part.encode() for part in key)
+            error = lib.wasmtime_linker_define_func_unchecked(
+                linker, module, len(module), name, len(name), functype,
+                self._callbacks[key], ffi.NULL, ffi.NULL)
+            lib.wasm_functype_delete(functype)
+            if error != ffi.NULL:
+                raise RuntimeError(f"cannot define {module.decode()}.{name.decode()}: "
+                                   f"{error_message(error)}")
+
+
+# ------------------------------------------------------------------ the `spear` imports
+
+
+def _i32(slot: Any) -> int:
+    return int(slot.i32)
+
+
+def _send(context: InstanceContext, caller: Any, args: Any) -> None:
+    memory = context.memory_for(caller, "spear.send")
+    topic_ptr, topic_len = memory.check(_i32(args[0]), _i32(args[1]), "spear.send topic")
+    data_ptr, data_len = memory.check(_i32(args[2]), _i32(args[3]), "spear.send data")
+    mailbox = context.mailbox
+    if topic_len + data_len > mailbox.max_message_size:
+        args[0].i32 = abi.ERR_TOO_LARGE  # refused before copying anything
+        return
+    if not mailbox.has_room(topic_len + data_len):
+        args[0].i32 = abi.ERR_FULL
+        return
+    view = memory.view
+    args[0].i32 = mailbox.guest_send(view[topic_ptr:topic_ptr + topic_len].tobytes(),
+                                     view[data_ptr:data_ptr + data_len].tobytes())
+
+
+def _recv(context: InstanceContext, caller: Any, args: Any) -> None:
+    memory = context.memory_for(caller, "spear.recv")
+    mailbox = context.mailbox
+    message = mailbox.guest_peek()
+    if message is None:
+        args[0].i32 = 0
+        return
+    topic, data = message
+    encoded = topic.encode()
+    memory.write(_i32(args[4]), len(encoded).to_bytes(4, "little") +
+                 len(data).to_bytes(4, "little"), "spear.recv sizes")
+    if (len(encoded) > (_i32(args[1]) & abi.U32_MAX)
+            or len(data) > (_i32(args[3]) & abi.U32_MAX)):
+        args[0].i32 = abi.ERR_BUFFER_TOO_SMALL
+        return
+    memory.write(_i32(args[0]), encoded, "spear.recv topic")
+    memory.write(_i32(args[2]), data, "spear.recv data")
+    mailbox.guest_took()
+    args[0].i32 = 1
+
+
+def _log(context: InstanceContext, caller: Any, args: Any) -> None:
+    memory = context.memory_for(caller, "spear.log")
+    ptr, length = memory.check(_i32(args[1]), _i32(args[2]), "spear.log")  # the whole range
+    level = LEVELS.get(_i32(args[0]), LEVELS[2])
+    if context.log.enabled(level):
+        context.log.write(level, memory.view[ptr:ptr + min(length, MAX_LOG_LINE)].tobytes())
+
+
+def _now(context: InstanceContext, caller: Any, args: Any) -> None:
+    args[0].i64 = time.monotonic_ns()
+
+
+SPEAR_FUNCTIONS = (
+    HostFunction(abi.IMPORT_MODULE, "send", (WASM_I32,) * 4, (WASM_I32,), _send),
+    HostFunction(abi.IMPORT_MODULE, "recv", (WASM_I32,) * 5, (WASM_I32,), _recv),
+    HostFunction(abi.IMPORT_MODULE, "log", (WASM_I32,) * 3, (), _log),
+    HostFunction(abi.IMPORT_MODULE, "now", (), (WASM_I64,), _now),
+)

@@ -1,33 +1,59 @@
-"""One epoch ticker thread per engine: the clock that preempts guests past their deadline.
+"""The epoch ticker of one engine: the clock that preempts guests past their deadline.
 
 Wasmtime checks the engine's epoch at function entries and loop back-edges; a call whose
-deadline (in ticks) has passed traps with `interrupt`. The ticker sleeps in long naps while
-no guest is running with a deadline, so an idle host costs nothing.
+deadline (in ticks) has passed traps with `interrupt`. The ticker thread advances the epoch
+every TICK_SECONDS while guest calls with a deadline run, keeps ticking for IDLE_GRACE after
+the last one (so back-to-back calls never wait for it), then parks until a call wakes it.
+
+Calls count themselves in two places: C calls (the native helper) atomically in the shared
+`spear_ticker_t`, Python-side entries in `running_calls` under the GIL (or, with the native
+helper loaded, through its atomic functions too). A call that starts while the ticker is
+parked wakes it with one byte on a pipe. The thread belongs to its engine and stops with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 import time
 from typing import Any
 
 TICK_SECONDS = 0.002
-IDLE_NAP = 0.01
+IDLE_GRACE = 0.05  # keep ticking this long after the last call before parking
+PARKED_NAP = 1.0  # a parked ticker still looks around this often (stop, missed wakes)
+
+
+class _PythonCounters:
+    """Stand-in for `spear_ticker_t` where the native helper is not loaded."""
+
+    running = 0
+    started = 0
+    sleeping = 0
+    wake_fd = -1
 
 
 class EpochTicker:
-    def __init__(self, lib: Any, engine: Any, shared: Any, tick: float = TICK_SECONDS) -> None:
+    def __init__(self, lib: Any, engine: Any, native: Any, native_ffi: Any,
+                 tick: float = TICK_SECONDS) -> None:
         self._lib = lib
-        # Native calls count themselves in `shared.running` (atomically, without the GIL) and
-        # cannot wake us, so while idle we nap only IDLE_NAP: a deadline starts at most that late.
-        self.shared = shared
         self._engine = engine
+        self._native = native
         self.tick = tick
-        # Guest calls in progress with a deadline. Callers bump it, then wake the ticker if
-        # `sleeping`; the ticker sets `sleeping`, then re-checks it. Both under the GIL.
+        self.tick_ns = int(tick * 1e9)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        if native is not None:
+            self.shared: Any = native_ffi.new("spear_ticker_t *")
+            self.shared.wake_fd = self._wake_w
+        else:
+            self.shared = _PythonCounters()
+        # Python-side entries without the helper: counted here under the GIL.
         self.running_calls = 0
+        self._started = 0
         self.sleeping = False
-        self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="spear-epoch", daemon=True)
         self._thread.start()
@@ -37,29 +63,86 @@ class EpochTicker:
         return max(1, int(seconds / self.tick) + 1)
 
     def call_started(self) -> None:
-        """A Python-side call with a deadline begins (native calls count in `shared`)."""
+        """A guest entry made from Python with a deadline begins."""
+        if self._native is not None:
+            self._native.spear_ticker_enter(self.shared)
+            return
         self.running_calls += 1
+        self._started += 1
         if self.sleeping:
-            self._wake.set()
+            self._wake()
 
     def call_finished(self) -> None:
+        if self._native is not None:
+            self._native.spear_ticker_leave(self.shared)
+            return
         self.running_calls -= 1
+
+    @property
+    def running(self) -> int:
+        """Guest calls with a deadline in progress (0 when idle)."""
+        return int(self.shared.running) + self.running_calls
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\1")
+
+    def _busy(self) -> tuple[bool, int]:
+        started = int(self.shared.started) + self._started
+        return (self.running_calls > 0 or self.shared.running > 0), started
+
+    def _try_park(self) -> bool:
+        self.sleeping = True  # Python-side entries check this under the GIL
+        if self.running_calls > 0:
+            self.sleeping = False
+            return False
+        if self._native is not None and not self._native.spear_ticker_try_sleep(self.shared):
+            self.sleeping = False
+            return False
+        return True
+
+    def _unpark(self) -> None:
+        if self._native is not None:
+            self._native.spear_ticker_awake(self.shared)
+        self.sleeping = False
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
 
     def _run(self) -> None:
         increment = self._lib.wasmtime_engine_increment_epoch
         engine = self._engine
-        shared = self.shared
+        idle_ticks = max(1, int(IDLE_GRACE / self.tick))
+        idle = 0
+        last_started = -1
         while not self._stop:
-            if self.running_calls <= 0 and shared.running <= 0:
-                self._wake.clear()
-                self.sleeping = True
-                if self.running_calls <= 0:
-                    self._wake.wait(IDLE_NAP)
-                self.sleeping = False
-                continue
             time.sleep(self.tick)
+            if self._stop:
+                break
             increment(engine)
+            busy, started = self._busy()
+            if busy or started != last_started:
+                idle = 0
+                last_started = started
+                continue
+            idle += 1
+            if idle < idle_ticks:
+                continue
+            if self._try_park():
+                if not self._stop:
+                    select.select([self._wake_r], [], [], PARKED_NAP)
+                self._unpark()
+            idle = 0
 
     def stop(self) -> None:
+        """Stop the thread (the engine is going away); waits for it briefly."""
         self._stop = True
-        self._wake.set()
+        self._wake()
+        # C calls must not write to the pipe once it is closed (none should be running now).
+        self.shared.sleeping = 0
+        self.shared.wake_fd = -1
+        if self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

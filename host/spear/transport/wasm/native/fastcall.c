@@ -2,8 +2,8 @@
  *
  * Python prepares handles once per instance (spear_fast_t) and then, per call, hands over
  * the function name, metadata and input. This writes them into the guest's request buffer,
- * fills the control block (docs/wasm-abi.md), arms the epoch deadline, enters the guest
- * through wasmtime_func_call_unchecked, and bounds-checks what the guest returns.
+ * fills the control block (docs/wasm-abi.md), refills fuel, arms the epoch deadline, enters
+ * the guest through wasmtime_func_call_unchecked, and bounds-checks what the guest returns.
  *
  * Compiled with the package (cffi API mode, see build_fastcall.py), never at run time.
  */
@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fastcall.h"
 
@@ -18,6 +19,7 @@ typedef void *(*call_unchecked_fn)(void *context, const void *func, void *slots,
                                    size_t nslots, void **trap);
 typedef void (*set_deadline_fn)(void *context, uint64_t ticks);
 typedef size_t (*memory_size_fn)(const void *context, const void *memory);
+typedef void *(*set_fuel_fn)(void *context, uint64_t fuel);
 
 #define NO_DEADLINE ((uint64_t)1 << 62)
 
@@ -46,16 +48,55 @@ static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
-/* The full call, with metadata; timeout_ns == 0 means no deadline. */
+void spear_ticker_enter(spear_ticker_t *t)
+{
+    __atomic_add_fetch(&t->running, 1, __ATOMIC_SEQ_CST);
+    /* Only "has it changed" matters to the ticker: a lost update between threads is fine,
+     * and plain loads and stores cost less than a second locked instruction per call. */
+    __atomic_store_n(&t->started, __atomic_load_n(&t->started, __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
+    /* Seen after our increment (seq_cst on both sides): either the ticker sees `running`
+     * before parking, or we see `sleeping` and wake it. */
+    if (__atomic_load_n(&t->sleeping, __ATOMIC_SEQ_CST)) {
+        char byte = 1;
+        ssize_t ignored = write(t->wake_fd, &byte, 1);  /* non-blocking; a full pipe wakes it anyway */
+        (void)ignored;
+    }
+}
+
+void spear_ticker_leave(spear_ticker_t *t)
+{
+    __atomic_sub_fetch(&t->running, 1, __ATOMIC_RELAXED);
+}
+
+int spear_ticker_try_sleep(spear_ticker_t *t)
+{
+    __atomic_store_n(&t->sleeping, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&t->running, __ATOMIC_SEQ_CST) > 0) {
+        __atomic_store_n(&t->sleeping, 0, __ATOMIC_SEQ_CST);
+        return 0;
+    }
+    return 1;
+}
+
+void spear_ticker_awake(spear_ticker_t *t)
+{
+    __atomic_store_n(&t->sleeping, 0, __ATOMIC_SEQ_CST);
+}
+
+/* The full call, with metadata. timeout_ns: the call's own deadline (written into the
+ * control block); budget_ns: an earlier interrupt (the event loop's budget). 0 = none. */
 int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
                         const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,
-                        const uint8_t *meta, uint32_t meta_len, uint32_t meta_count)
+                        uint64_t budget_ns, const uint8_t *meta, uint32_t meta_len,
+                        uint32_t meta_count)
 {
-    uint64_t deadline_ns = timeout_ns ? now_ns() + timeout_ns : 0;
-    /* +1: the current tick may be almost over when the deadline is set. */
-    uint64_t deadline_ticks = timeout_ns ? timeout_ns / f->tick_ns + 1 : 0;
     uint64_t total = (uint64_t)h->name_len + meta_len + input_len;
     if (total > f->req_cap) return FAST_NO_ROOM;
+    uint64_t interrupt_ns = timeout_ns;
+    if (budget_ns && (!interrupt_ns || budget_ns < interrupt_ns)) interrupt_ns = budget_ns;
+    uint64_t now = interrupt_ns ? now_ns() : 0;
+    uint64_t deadline_ns = timeout_ns ? now + timeout_ns : 0;
     uint8_t *base = f->base;
     uint32_t ptr = f->req_ptr;
     uint32_t meta_ptr = ptr + h->name_len;
@@ -72,18 +113,27 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
     put64(c + 48, ++f->calls); put64(c + 56, deadline_ns);
     put32(c + 64, 0); put32(c + 68, 0); put32(c + 72, 0);
 
-    if (deadline_ticks) {
-        ((set_deadline_fn)f->set_deadline)(f->context, deadline_ticks);
+    if (f->fuel) {
+        void *error = ((set_fuel_fn)f->set_fuel)(f->context, f->fuel);
+        if (error) { f->error = error; f->trap = 0; return FAST_TRAPPED; }
+    }
+    if (interrupt_ns) {
+        /* +1: the current tick may be almost over when the deadline is set. */
+        ((set_deadline_fn)f->set_deadline)(f->context, interrupt_ns / f->tick_ns + 1);
         f->deadline_armed = 1;
-        __atomic_add_fetch(&f->ticker->running, 1, __ATOMIC_RELAXED);
-    } else if (f->deadline_armed) {
-        ((set_deadline_fn)f->set_deadline)(f->context, NO_DEADLINE);
-        f->deadline_armed = 0;
+        f->interrupt_at_ns = now + interrupt_ns;
+        spear_ticker_enter(f->ticker);
+    } else {
+        f->interrupt_at_ns = 0;
+        if (f->deadline_armed) {
+            ((set_deadline_fn)f->set_deadline)(f->context, NO_DEADLINE);
+            f->deadline_armed = 0;
+        }
     }
     f->trap = 0;
     f->error = ((call_unchecked_fn)f->call_unchecked)(f->context, h->func, f->slots, 1,
                                                         &f->trap);
-    if (deadline_ticks) __atomic_sub_fetch(&f->ticker->running, 1, __ATOMIC_RELAXED);
+    if (interrupt_ns) spear_ticker_leave(f->ticker);
     if (f->error || f->trap) return FAST_TRAPPED;
 
     f->status = (int32_t)f->slots[0];
@@ -101,9 +151,10 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
     return ((int64_t)f->out_len << 32) | f->out_ptr;
 }
 
-/* The common call: no metadata. Fewer arguments cost less to pass through libffi. */
+/* The common call: no metadata. Fewer arguments cost less to pass. */
 int64_t spear_call(spear_fast_t *f, const spear_handler_t *h,
-                   const uint8_t *input, uint32_t input_len, uint64_t timeout_ns)
+                   const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,
+                   uint64_t budget_ns)
 {
-    return spear_call_meta(f, h, input, input_len, timeout_ns, 0, 0, 0);
+    return spear_call_meta(f, h, input, input_len, timeout_ns, budget_ns, 0, 0, 0);
 }

@@ -6,8 +6,15 @@
  * against nothing but libc.
  */
 
-/* Shared with the engine's ticker thread: calls in flight that have a deadline. */
-typedef struct { int64_t running; } spear_ticker_t;
+/* Shared with the engine's ticker thread. `running`: calls in flight that have a deadline;
+ * `started`: calls ever started with one (the ticker stays awake while it moves);
+ * `sleeping`: the ticker is parked and must be woken (one byte into `wake_fd`). */
+typedef struct {
+    int64_t running;
+    int64_t started;
+    int32_t sleeping;
+    int32_t wake_fd;
+} spear_ticker_t;
 
 /* One handler of one instance, prepared once: its function and its name. */
 typedef struct {
@@ -20,6 +27,7 @@ typedef struct {
     void *call_unchecked;        /* wasmtime_func_call_unchecked */
     void *set_deadline;          /* wasmtime_context_set_epoch_deadline */
     void *memory_size;           /* wasmtime_memory_data_size */
+    void *set_fuel;              /* wasmtime_context_set_fuel */
     void *context;               /* wasmtime_context_t* */
     const void *memory;          /* wasmtime_memory_t* */
     spear_ticker_t *ticker;
@@ -30,6 +38,8 @@ typedef struct {
     uint32_t req_ptr, req_cap;   /* guest request buffer */
     uint32_t deadline_armed;
     uint64_t tick_ns;            /* the engine's epoch tick */
+    uint64_t fuel;               /* fuel per call; 0 = fuel is not metered */
+    uint64_t interrupt_at_ns;    /* when the running call is interrupted; 0 = never */
     int64_t slots[2];            /* wasmtime_val_raw_t: the handler's i32 status */
     void *trap;                  /* wasm_trap_t* after a trap */
     void *error;                 /* wasmtime_error_t* after an error */
@@ -38,7 +48,17 @@ typedef struct {
 } spear_fast_t;
 
 int64_t spear_call(spear_fast_t *f, const spear_handler_t *h,
-                   const uint8_t *input, uint32_t input_len, uint64_t timeout_ns);
+                   const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,
+                   uint64_t budget_ns);
 int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
                         const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,
-                        const uint8_t *meta, uint32_t meta_len, uint32_t meta_count);
+                        uint64_t budget_ns, const uint8_t *meta, uint32_t meta_len,
+                        uint32_t meta_count);
+
+/* Ticker bookkeeping for guest entries made from Python (atomic, like the C calls'). */
+void spear_ticker_enter(spear_ticker_t *t);
+void spear_ticker_leave(spear_ticker_t *t);
+/* The ticker thread: 1 = nothing is running, it may park now (`sleeping` is set);
+ * 0 = a call started meanwhile, keep ticking. */
+int spear_ticker_try_sleep(spear_ticker_t *t);
+void spear_ticker_awake(spear_ticker_t *t);

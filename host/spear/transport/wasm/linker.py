@@ -1,0 +1,39 @@
+"""The linker of one engine: WASI preview 1, then the host-call table over it.
+
+The table's entries shadow wasmtime's WASI where they name the same function (`poll_oneoff`,
+see wasi.py). The linker owns the table and the WASI output callbacks, and every module
+linked with it keeps it alive, so no callback can be freed while a guest can still reach it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spear.transport.wasm.capi import error_message, ffi, lib
+from spear.transport.wasm.engine import Engine
+from spear.transport.wasm.host_calls import SPEAR_FUNCTIONS, HostCallTable
+from spear.transport.wasm.managed import Managed
+from spear.transport.wasm.wasi import WASI_SHADOWS, WasiOutput
+
+
+class Linker(Managed):
+    _what = "WASM linker"
+
+    def __init__(self, engine: Engine, host_calls: HostCallTable | None = None) -> None:
+        self.engine = engine
+        self.host_calls = host_calls or HostCallTable((*SPEAR_FUNCTIONS, *WASI_SHADOWS))
+        self.wasi_output = WasiOutput()
+        ptr = lib.wasmtime_linker_new(engine.ptr)
+        super().__init__(ptr)
+        try:
+            error = lib.wasmtime_linker_define_wasi(ptr)
+            if error != ffi.NULL:
+                raise RuntimeError(f"cannot define WASI: {error_message(error)}")
+            lib.wasmtime_linker_allow_shadowing(ptr, True)
+            self.host_calls.define_on(ptr)
+        except BaseException:
+            self.close()
+            raise
+
+    def _free(self, ptr: Any) -> None:
+        lib.wasmtime_linker_delete(ptr)
