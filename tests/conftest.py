@@ -79,3 +79,9 @@ def echo_wasm() -> Path:
 def _guest_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """spear-guest keeps its compiled Rust crate in a per-session directory, not in HOME."""
     os.environ.setdefault("SPEAR_GUEST_CACHE_DIR", str(tmp_path_factory.mktemp("guest-cache")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _module_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The host's compiled-module cache, for this run and its child processes, not in HOME."""
+    os.environ.setdefault("SPEAR_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
