@@ -1,8 +1,9 @@
 """`StreamChannel` over real sockets, with the peer in this process.
 
-Two kinds of peer: a real worker server (`serve_stream` behind `accept_handshake`) that the
-channel dials with `open_unix_channel` / `open_tcp_channel`, and a scripted raw peer on the
-other end of a socketpair, for misbehaviour no honest worker produces.
+Two kinds of peer: a real worker listener (the pod worker's threaded listener: handshake,
+then the blocking `StreamServer`) that the channel dials with `open_unix_channel` /
+`open_tcp_channel`, and a scripted raw peer on the other end of a socketpair, for
+misbehaviour no honest worker produces.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from spear import codec
-from spear.channel.handshake import accept_handshake
 from spear.channel.stream import StreamChannel, open_tcp_channel, open_unix_channel
 from spear.config import ChannelConfig
 from spear.errors import (
@@ -39,13 +39,13 @@ from spear.messages import (
     RuntimeMessage,
     Shutdown,
 )
-from spear.transport.frame_io import FrameBuffer
-from spear.transport.framing import frame
-from spear.transport.tcp import listen_tcp
-from spear.transport.unix import listen_unix, make_private_dir
+from spear.protocol.framing import ReceiveBuffer, frame
+from spear.transport.frame_stream import FrameStream
+from spear.transport.unix import bind_private_socket, make_private_dir
 from spear.worker import examples
+from spear.worker.async_bridge import AsyncBridge
 from spear.worker.dispatcher import Dispatcher
-from spear.worker.stream_server import serve_stream
+from spear.worker.tcp_listener import TcpWorkerListener
 
 IID = RuntimeInstanceId(RuntimeType.PROCESS, "chan")
 TOKEN = "correct-horse-battery-staple"
@@ -53,44 +53,32 @@ QUIET = ChannelConfig(keepalive_interval_ms=0, request_timeout_ms=5000, connect_
 
 
 class InProcessWorker:
-    """A listening worker in this process: checks the host's handshake, then serves."""
+    """A listening worker in this process (on threads): checks the host's handshake, then
+    serves with the blocking stream server, async handlers on a bridge loop."""
 
     def __init__(self) -> None:
-        self.dispatcher = Dispatcher(examples.route)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.servers: list[asyncio.Server] = []
+        self.bridge = AsyncBridge(Dispatcher(examples.route))
+        self.listeners: list[TcpWorkerListener] = []
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                         ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        try:
-            await accept_handshake(reader, writer, token=TOKEN, timeout=2.0,
-                                   max_message_size=QUIET.max_message_size)
-        except AuthenticationFailed:
-            writer.close()
-            return
-        await serve_stream(reader, writer, self.dispatcher,
-                           max_message_size=QUIET.max_message_size)
+    def _listener(self) -> TcpWorkerListener:
+        listener = TcpWorkerListener(examples.route, bridge=self.bridge, token=TOKEN,
+                                     handshake_timeout=2.0)
+        self.listeners.append(listener)
+        return listener
 
     async def listen_unix(self, directory: str) -> str:
         path = f"{directory}/worker.sock"
-        self.servers.append(await listen_unix(path, self._on_client))
+        self._listener().start_on(bind_private_socket(path))
         return path
 
     async def listen_tcp(self) -> str:
-        server, address = await listen_tcp(self._on_client)
-        self.servers.append(server)
-        return address
+        port = self._listener().start("127.0.0.1:0")
+        return f"127.0.0.1:{port}"
 
     async def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.dispatcher.close()
+        for listener in self.listeners:
+            listener.close()
+        self.bridge.close()
 
 
 @pytest.fixture
@@ -115,7 +103,7 @@ class RawPeer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.frames = FrameBuffer(1 << 20)
+        self.frames = ReceiveBuffer(1 << 20)
         self.inbox: list[RuntimeMessage] = []
 
     async def next_message(self, timeout: float = 2.0) -> RuntimeMessage:
@@ -141,9 +129,9 @@ _opened: list[tuple[StreamChannel, RawPeer]] = []
 
 async def channel_with_raw_peer(config: ChannelConfig = QUIET) -> tuple[StreamChannel, RawPeer]:
     left, right = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=left)
+    _, stream = await asyncio.get_running_loop().connect_accepted_socket(FrameStream, sock=left)
     peer_reader, peer_writer = await asyncio.open_connection(sock=right)
-    pair = StreamChannel(IID, reader, writer, config), RawPeer(peer_reader, peer_writer)
+    pair = StreamChannel(IID, stream, config), RawPeer(peer_reader, peer_writer)
     _opened.append(pair)
     return pair
 

@@ -28,7 +28,7 @@ from spear.errors import (
     UnsupportedTransport,
 )
 from spear.instance_id import RuntimeInstanceId, RuntimeType
-from spear.messages import (
+from spear.protocol.messages import (
     Ack,
     Cancel,
     Error,
