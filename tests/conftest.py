@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import spear_guest
@@ -27,3 +29,19 @@ def wasm_fixture() -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def echo_wasm() -> Path:
     return build_fixture("echo")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_loops: run each async test on asyncio's loop and on uvloop")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> dict[str, Callable[[], Any]]:
+    """asyncio's own loop for every test; uvloop as well for tests marked `both_loops`."""
+    factories: dict[str, Callable[[], Any]] = {"asyncio": asyncio.new_event_loop}
+    if item.get_closest_marker("both_loops") is not None:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories

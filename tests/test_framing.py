@@ -16,6 +16,11 @@ from spear.protocol.limits import HANDSHAKE_FRAME_LIMIT
 from spear.transport.frame_stream import PREAUTH_BUFFER, FrameStream
 
 
+# Every asyncio test here runs on asyncio's own loop and on uvloop: they differ in when they
+# read (uvloop reads in the same iteration a connection is made, for one).
+pytestmark = pytest.mark.both_loops
+
+
 def test_frame_is_big_endian_length_then_payload() -> None:
     assert frame(b"abc") == b"\x00\x00\x00\x03abc"
 
@@ -136,6 +141,7 @@ async def test_before_authentication_a_frame_over_the_handshake_limit_closes_the
     stream, peer = await _pair()
     closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
     stream.on_close = closed.set_result
+    stream.release()
     assert stream.receive_capacity == PREAUTH_BUFFER
     await asyncio.get_running_loop().sock_sendall(
         peer, struct.pack(">I", HANDSHAKE_FRAME_LIMIT + 1) + b"x" * 1000)
@@ -150,6 +156,7 @@ async def test_after_authentication_large_frames_are_accepted() -> None:
     got: list[bytes] = []
     stream.on_frame = lambda payload: got.append(bytes(payload))
     stream.authenticated(1 << 20)
+    stream.release()
     big = b"y" * (HANDSHAKE_FRAME_LIMIT * 10)
     await asyncio.get_running_loop().sock_sendall(peer, frame(big))
     async with asyncio.timeout(2):
@@ -170,6 +177,7 @@ async def test_frames_behind_a_held_frame_wait_for_the_next_owner() -> None:
         stream.hold()
 
     stream.on_frame = take_first
+    stream.release()
     await asyncio.get_running_loop().sock_sendall(
         peer, frame(b"hello") + frame(b"one") + frame(b"two"))
     async with asyncio.timeout(2):
@@ -178,5 +186,20 @@ async def test_frames_behind_a_held_frame_wait_for_the_next_owner() -> None:
     stream.on_frame = lambda payload: rest.append(bytes(payload))
     stream.release()
     assert first == [b"hello"] and rest == [b"one", b"two"]
+    stream.close()
+    peer.close()
+
+
+async def test_frames_that_arrive_before_anyone_owns_the_stream_wait_for_the_owner() -> None:
+    stream, peer = await _pair()
+    await asyncio.get_running_loop().sock_sendall(peer, frame(b"early") + frame(b"bird"))
+    await asyncio.sleep(0.05)  # a loop that reads at once would have delivered them by now
+    got: list[bytes] = []
+    stream.on_frame = lambda payload: got.append(bytes(payload))
+    stream.release()
+    async with asyncio.timeout(2):
+        while len(got) < 2:
+            await asyncio.sleep(0.01)
+    assert got == [b"early", b"bird"]
     stream.close()
     peer.close()

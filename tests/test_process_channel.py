@@ -47,6 +47,11 @@ from spear.worker.async_bridge import AsyncBridge
 from spear.worker.dispatcher import Dispatcher
 from spear.worker.tcp_listener import TcpWorkerListener
 
+# Every asyncio test here runs on asyncio's own loop and on uvloop: they differ in when they
+# read (uvloop reads in the same iteration a connection is made, for one).
+pytestmark = pytest.mark.both_loops
+
+
 IID = RuntimeInstanceId(RuntimeType.PROCESS, "chan")
 TOKEN = "correct-horse-battery-staple"
 QUIET = ChannelConfig(keepalive_interval_ms=0, request_timeout_ms=5000, connect_timeout_ms=2000)

@@ -54,6 +54,8 @@ async def _first_frame(
     stream.on_close = on_close
     if stream.closed is not None:
         on_close(stream.closed)
+    else:
+        stream.release()
     try:
         async with asyncio.timeout(timeout if timeout > 0 else None):
             return await arrived

@@ -67,6 +67,7 @@ CloseCallback = Callable[["StreamChannel", CommunicationError], None]
 _Deadline = tuple[float, str, "asyncio.Future[RuntimeMessage]"]
 
 _encode = codec.encode
+_encode_request = codec.encode_request
 _decode = codec.decode
 _perf_counter = time.perf_counter
 
@@ -180,7 +181,7 @@ class StreamChannel(CommunicationChannel):
             )
         if self._closed is not None:
             raise ChannelClosed(f"channel to {self._instance_id.full_id} is closed: {self._closed}")
-        payload = _encode(request)
+        payload = _encode_request(request) if cls is ExecutionRequest else _encode(request)  # type: ignore[arg-type]
         if len(payload) > self._max_size:
             self._checked(request)  # raises, naming the sizes
         request_id: str = request.request_id  # type: ignore[union-attr]
@@ -294,15 +295,17 @@ class StreamChannel(CommunicationChannel):
             if len(self._deadlines) >= MAX_DEADLINE_QUEUES:
                 return self._loop.call_later(timeout, self._expire, request_id, future, timeout)
             queue = self._deadlines[timeout] = collections.deque()
-        while queue and queue[0][2].done():
-            queue.popleft()
         deadline = self._loop.time() + timeout
         queue.append((deadline, request_id, future))
         if len(queue) > 2 * len(self._futures) + 64:
-            self._deadlines[timeout] = collections.deque(e for e in queue if not e[2].done())
-        if self._timer is None or deadline < self._timer.when():
-            if self._timer is not None:
-                self._timer.cancel()
+            # Answered requests leave their entries behind; drop them now and then.
+            queue = self._deadlines[timeout] = collections.deque(
+                e for e in queue if not e[2].done())
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(deadline, self._check_deadlines)
+        elif deadline < timer.when():
+            timer.cancel()
             self._timer = self._loop.call_at(deadline, self._check_deadlines)
         return None
 

@@ -101,6 +101,11 @@ class ReceiveBuffer:
     def commit(self, count: int) -> None:
         self._end += count
 
+    def received(self, count: int) -> list[memoryview]:
+        """`commit(count)` then `frames()`, in one call (the read path of every message)."""
+        self._end += count
+        return self.frames()
+
     def frames(self) -> list[memoryview]:
         """Every complete frame received so far, in order; `InvalidMessage` for an empty or
         oversized one (the stream has then lost sync: close the connection)."""

@@ -11,7 +11,9 @@ the buffer at a few kilobytes, so before authentication a peer can make us hold
 Callbacks (set by the owner, swapped when the handshake hands the stream to a channel):
 `on_frame(payload)` for each complete frame, `on_close(error)` once when the connection ends
 (`error` is None for a clean EOF). A malformed frame length closes the connection with an
-`InvalidMessage` as the error.
+`InvalidMessage` as the error. A stream starts *held*: frames wait in its buffer (and
+reading is paused) until an owner has set `on_frame` and calls `release()`, so nothing that
+arrives before the owner is ready is lost.
 """
 
 from __future__ import annotations
@@ -61,12 +63,14 @@ class FrameStream(asyncio.BufferedProtocol):
         self._transport: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[bytes] = []
-        self._scheduled = False
-        self._high_water = 64 * 1024
+        self._scheduled = False  # a flush at the end of this iteration is scheduled
+        self._wrote = False  # a frame went out since the last read
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._reading_paused = False
-        self._holding = False
+        # Nobody owns the frames yet: they wait in the buffer (reading paused) until an owner
+        # sets `on_frame` and calls `release()`.
+        self._holding = True
         self.closed: Exception | None = None  # why, once the connection is over
         self._close_reported = False
         self.eof = False  # the peer closed its side cleanly
@@ -76,9 +80,9 @@ class FrameStream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
-        get_limits = getattr(transport, "get_write_buffer_limits", None)
-        if get_limits is not None:
-            self._high_water = get_limits()[1]
+        self._reading_paused = True
+        with contextlib.suppress(Exception):
+            self._transport.pause_reading()
         if self._on_connect is not None:
             self._on_connect(self)
 
@@ -86,26 +90,42 @@ class FrameStream(asyncio.BufferedProtocol):
         return self._frames.writable()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._frames.commit(nbytes)
-        if not self._holding:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        if self.closed is not None:
+        # The peer answered: the next write starts a new burst and may go out at once.
+        if not self._scheduled:
+            self._wrote = False
+        if self._holding:
+            self._frames.commit(nbytes)
             return
-        frames = self._frames
         try:
-            payloads = frames.frames()
+            payloads = self._frames.received(nbytes)
         except InvalidMessage as exc:
             self.fail(exc)
             return
+        if len(payloads) == 1:  # the common case: one reply per read
+            if self.closed is None:
+                self.on_frame(payloads[0])
+            return
+        self._deliver_each(payloads)
+
+    def _deliver(self) -> None:
+        """Deliver what is buffered (after `release()`)."""
+        if self.closed is not None:
+            return
+        try:
+            payloads = self._frames.frames()
+        except InvalidMessage as exc:
+            self.fail(exc)
+            return
+        self._deliver_each(payloads)
+
+    def _deliver_each(self, payloads: list[memoryview]) -> None:
         for index, payload in enumerate(payloads):
             if self.closed is not None:
                 return
             self.on_frame(payload)
             if self._holding:
                 # The owner changes hands (a handshake is done): keep the rest for the next.
-                frames.unread(sum(len(p) + 4 for p in payloads[index + 1:]))
+                self._frames.unread(sum(len(p) + 4 for p in payloads[index + 1:]))
                 return
 
     def eof_received(self) -> bool:
@@ -156,22 +176,30 @@ class FrameStream(asyncio.BufferedProtocol):
         return self._frames.buffered
 
     def write(self, payload: bytes) -> int:
-        """Queue one frame; returns the bytes it adds to the wire."""
+        """Queue one frame; returns the bytes it adds to the wire.
+
+        A frame written when nothing has been written since the last read goes out at once
+        (no added latency for a lone request); frames written after it, before anything is
+        read, are joined and sent by one callback at the end of the loop iteration (many
+        requests in flight cost one send per batch, not one each).
+        """
         if self.closed is not None:
             raise ChannelClosed(f"connection is closed: {self.closed}")
         transport = self._transport
         head = header(len(payload))
-        if self._scheduled:
+        if self._wrote:
             pending = self._pending
             pending.append(head)
             pending.append(payload)
             if len(pending) >= _BATCH_PARTS:
                 self._pending = []
                 transport.write(b"".join(pending))
+            elif not self._scheduled:
+                self._scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush_scheduled)
         else:
-            self._scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_scheduled)
+            self._wrote = True
             if len(payload) > _COPY_LIMIT:
                 transport.write(head)
                 transport.write(payload)
@@ -197,13 +225,14 @@ class FrameStream(asyncio.BufferedProtocol):
 
     def _flush_scheduled(self) -> None:
         self._scheduled = False
+        self._wrote = False
         self.flush()
 
     @property
     def needs_drain(self) -> bool:
-        """True when the kernel is not keeping up and the writer should `await drain()`."""
-        return self._paused_writing or (
-            self._transport.get_write_buffer_size() > self._high_water)
+        """True when the kernel is not keeping up and the writer should `await drain()`
+        (the transport said so: its buffer passed the high-water mark)."""
+        return self._paused_writing
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""

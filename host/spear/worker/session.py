@@ -130,9 +130,13 @@ class WorkerSession:
         elif cls is Cancel:
             call = self.calls.get(message.request_id)  # type: ignore[union-attr]
             if call is not None:
-                self.answer(call, cancelled(call.request.request_id))
                 if call.on_cancel is not None:
+                    # The runner can stop it (an async handler's task): its ending answers
+                    # "cancelled", once the handler has really stopped.
                     call.on_cancel()
+                else:
+                    # A thread cannot be stopped: answer now, and drop its late result.
+                    self.answer(call, cancelled(call.request.request_id))
         elif cls is Shutdown:
             self._shutdown(message)  # type: ignore[arg-type]
         elif cls is Error:

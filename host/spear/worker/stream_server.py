@@ -33,11 +33,12 @@ from collections.abc import Callable
 from typing import Any
 
 from spear.errors import InvalidMessage
+from spear.protocol.codec import encode_success as _encode_success
 from spear.protocol.framing import ReceiveBuffer, header
 from spear.protocol.limits import WORKER_MAX_IN_FLIGHT, WORKER_MAX_THREADS
 from spear.protocol.messages import ExecutionRequest, ExecutionResponse, Shutdown
 from spear.worker.async_bridge import AsyncBridge
-from spear.worker.handler import Handler, call_sync, failure, timed_out
+from spear.worker.handler import Handler, call_sync, failure, output_response, timed_out
 from spear.worker.session import DUPLICATE, Call, WorkerSession
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ TAKEOVER = 0.002
 # How often the sentinel looks while nothing runs (it looks every TAKEOVER while busy).
 IDLE_LOOK = 0.05
 
-_monotonic = time.monotonic
+# One clock for start times, deadlines and the sentinel (handler.py times with it too).
+_clock = time.perf_counter
 _get_ident = threading.get_ident
 _READ = object()
 _EXIT = object()
@@ -206,7 +208,7 @@ class StreamServer:
             return
         with self._lock:
             limit = self._drain_timeout if timeout is None else timeout
-            until = _monotonic() + limit
+            until = _clock() + limit
             if self._drain_until is None or until < self._drain_until:
                 self._drain_until = until
             self._look.notify()
@@ -362,8 +364,7 @@ class StreamServer:
             message = decode(payload)
             if (type(message) is ExecutionRequest and quick is not None
                     and quick.get(message.function_name, 0) >= QUICK_STREAK
-                    and not session.draining and message.request_id not in calls
-                    and len(payload) <= session.max_message_size):
+                    and not session.draining and message.request_id not in calls):
                 rid = message.request_id
                 if inline:
                     if ids is None:
@@ -386,7 +387,7 @@ class StreamServer:
     def _queue(self, batch: list[Call]) -> None:
         with self._lock:
             self._jobs.extend(batch)
-            now = _monotonic()
+            now = _clock()
             quick = self._quick
             slow = 0
             for call in batch:
@@ -404,10 +405,12 @@ class StreamServer:
 
     def _run_inline(self, me: int, inline: collections.deque[ExecutionRequest]) -> None:
         """Run the quick requests this thread read, then send their replies in one write.
-        The sentinel may take over any of them meanwhile (see `_sentinel`)."""
+        The sentinel may take over any of them meanwhile (see `_sentinel`). A handler that
+        returns bytes is answered without building an `ExecutionResponse`."""
         handler = self._handler
         busy = self._busy
-        encoded = self.session.encoded
+        session = self.session
+        limit = session.max_message_size
         out: list[bytes] = []
         while True:
             try:
@@ -415,14 +418,16 @@ class StreamServer:
             except IndexError:
                 break
             token = [True]
-            busy[me] = (request, _monotonic(), token, inline, True)
+            started = _clock()
+            busy[me] = (request, started, token, inline, True)
             try:
-                response = call_sync(handler, request)
-            except BaseException as exc:  # the caller must get an answer
-                response = failure(request.request_id, f"{type(exc).__name__}: {exc}",
-                                   "internal_error")
+                output: Any = handler(request)
+            except BaseException as exc:
+                output = exc
+            elapsed_ms = (_clock() - started) * 1000.0
             del busy[me]
-            self._learn(request.function_name, response.execution_time_ms)
+            if elapsed_ms > QUICK_MS:
+                self._learn(request.function_name, elapsed_ms)
             try:
                 token.pop()
             except IndexError:
@@ -432,14 +437,19 @@ class StreamServer:
                 if out:
                     self._send_frames(out)
                     out = []
-                call.finish(response)
+                call.finish(_response(request, output, started))
                 continue
-            payload = encoded(response)
+            if type(output) is bytes:
+                payload = _encode_success(request.request_id, output, elapsed_ms)
+                if len(payload) > limit:
+                    payload = session.encoded(_response(request, output, started))
+            else:
+                payload = session.encoded(_response(request, output, started))
             out.append(header(len(payload)))
             out.append(payload)
         if out:
             self._send_frames(out)
-        if self.session.draining and not self._calls and not busy:
+        if session.draining and not self._calls and not busy:
             self._end("drained")
 
     def _run(self, call: Call) -> None:
@@ -447,7 +457,7 @@ class StreamServer:
             return  # cancelled or timed out while it waited
         me = _get_ident()
         request: ExecutionRequest = call.request
-        self._busy[me] = (request, _monotonic(), [], _NO_INLINE, False)
+        self._busy[me] = (request, _clock(), [], _NO_INLINE, False)
         try:
             response = call_sync(self._handler, request)
         except BaseException as exc:  # the caller must get an answer
@@ -493,7 +503,7 @@ class StreamServer:
             with self._lock:
                 if self._closed:
                     return
-                now = _monotonic()
+                now = _clock()
                 wait = TAKEOVER if (self._busy or self._jobs) else IDLE_LOOK
                 for due in (self._deadlines.next_due(), self._drain_until):
                     if due is not None:
@@ -501,7 +511,7 @@ class StreamServer:
                 self._look.wait(wait)
                 if self._closed:
                     return
-                now = _monotonic()
+                now = _clock()
                 wake = 0
                 stuck = False
                 for thread, (request, started, token, inline, is_inline) in list(
@@ -571,6 +581,17 @@ _NO_INLINE: collections.deque[ExecutionRequest] = collections.deque()
 
 def _drop(call: Call, response: ExecutionResponse) -> None:
     pass
+
+
+def _response(request: ExecutionRequest, output: Any, started: float) -> ExecutionResponse:
+    """The reply for what an inline handler returned or raised."""
+    if isinstance(output, Exception):
+        return failure(request.request_id, f"{type(output).__name__}: {output}", "handler_error",
+                       (_clock() - started) * 1000.0)
+    if isinstance(output, BaseException):  # SystemExit and the like: ours to report
+        return failure(request.request_id, f"{type(output).__name__}: {output}",
+                       "internal_error")
+    return output_response(request, output, started)
 
 
 def describe(sock: Any) -> str:
