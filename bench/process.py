@@ -130,7 +130,7 @@ async def _rounds(steps: dict[str, tuple[Step | Callable[[int], None], int]],
     """Median microseconds per call of each step, taking turns within every round."""
     names = list(steps)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for name, (step, batch) in steps.items():  # warm up
+    for step, batch in steps.values():  # warm up
         await _run(step, max(1, batch // 10))
     for round_no in range(rounds):
         for name in names if round_no % 2 == 0 else reversed(names):

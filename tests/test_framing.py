@@ -15,7 +15,6 @@ from spear.protocol.framing import HEADER_SIZE, ReceiveBuffer, check_length, fra
 from spear.protocol.limits import HANDSHAKE_FRAME_LIMIT
 from spear.transport.frame_stream import PREAUTH_BUFFER, FrameStream
 
-
 # Every asyncio test here runs on asyncio's own loop and on uvloop: they differ in when they
 # read (uvloop reads in the same iteration a connection is made, for one).
 pytestmark = pytest.mark.both_loops
