@@ -17,6 +17,7 @@ from spear.config import DEFAULT_MAX_MESSAGE_SIZE
 from spear.errors import InvalidConfiguration
 from spear.protocol.address import HostPort
 from spear.protocol.environment import ENV_TOKEN as TOKEN_ENV
+from spear.protocol.limits import WORKER_MAX_IN_FLIGHT
 from spear.transport.tls import TlsConfig
 
 
@@ -45,6 +46,9 @@ def register(subparsers: Any) -> None:
                         help="threads for sync handlers (default 32)")
     parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
                         metavar="BYTES")
+    parser.add_argument("--max-in-flight", type=int, default=WORKER_MAX_IN_FLIGHT, metavar="N",
+                        help="requests one host connection or stream may have in flight; more "
+                             f"are answered too_many_requests (default {WORKER_MAX_IN_FLIGHT})")
     parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
                         help="on SIGTERM, wait this long for requests in flight (pods: 25)")
     parser.add_argument("--allow-remote-shutdown", action="store_true",
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         from spear.worker.__main__ import main as process_worker_main
 
         argv = [args.handler] if args.handler else []
-        argv += ["--max-threads", str(args.max_threads)]
+        argv += ["--max-threads", str(args.max_threads),
+                 "--max-in-flight", str(args.max_in_flight)]
         if args.drain_timeout is not None:
             argv += ["--drain-timeout", str(args.drain_timeout)]
         return int(process_worker_main(argv))
@@ -113,5 +118,6 @@ async def _serve(args: argparse.Namespace) -> int:
         drain_timeout=25.0 if args.drain_timeout is None else args.drain_timeout,
         allow_remote_shutdown=args.allow_remote_shutdown,
         max_threads=args.max_threads,
+        max_in_flight=args.max_in_flight,
     )
     return await serve_pod(handler, config)

@@ -43,9 +43,11 @@ HOST_OUTBOX_BYTES = 16 * MIB
 # Worker: requests one connection (or gRPC stream) may have in flight; one more is answered
 # at once with error_code "too_many_requests".
 WORKER_MAX_IN_FLIGHT = 1024
-# Worker: bytes of requests read but not started yet; beyond, the worker stops reading (the
-# host feels back-pressure). A single request of any allowed size is always taken.
-WORKER_QUEUE_BYTES = 16 * MIB
+# Worker: bytes of request input one connection (or gRPC stream) may have in flight; a request
+# that would pass it is answered "too_many_requests" (one request of any allowed size is
+# always taken when nothing else is in flight). Requests read but not yet started are at
+# most one read's worth: a thread reads only when it has nothing queued to run.
+WORKER_IN_FLIGHT_BYTES = 64 * MIB
 # Worker (gRPC): encoded replies waiting for the stream's writer; beyond, the worker stops
 # reading that stream until the host has taken some.
 WORKER_OUTBOX_BYTES = 16 * MIB

@@ -308,6 +308,7 @@ class GrpcWorkerServer:
         health_address: str | None = None,
         on_shutdown: Callable[[Shutdown], None] | None = None,
         allow_remote_shutdown: bool = False,
+        max_in_flight: int = WORKER_MAX_IN_FLIGHT,
     ) -> None:
         self._dispatcher = dispatcher
         self._tls = tls
@@ -316,6 +317,7 @@ class GrpcWorkerServer:
         self.token_check = TokenCheck(token) if token is not None else None
         self.service = SpearRuntimeService(
             dispatcher, max_message_size=max_message_size, on_shutdown=on_shutdown,
+            max_in_flight=max_in_flight,
             # A worker without a token would take a Shutdown from anyone who can reach it.
             allow_shutdown=token is not None or allow_remote_shutdown,
         )

@@ -17,7 +17,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spear.protocol.limits import DEFAULT_MAX_MESSAGE_SIZE, WORKER_MAX_THREADS
+from spear.protocol.limits import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    WORKER_MAX_IN_FLIGHT,
+    WORKER_MAX_THREADS,
+)
 from spear.protocol.messages import Shutdown
 from spear.transport.tls import TlsConfig
 from spear.worker.dispatcher import Dispatcher
@@ -41,6 +45,7 @@ class PodWorkerConfig:
     # from the network only when this says so.
     allow_remote_shutdown: bool = False
     max_threads: int = WORKER_MAX_THREADS
+    max_in_flight: int = WORKER_MAX_IN_FLIGHT
 
 
 def announce(line: str) -> None:
@@ -85,6 +90,7 @@ async def serve_pod(
                 max_message_size=config.max_message_size,
                 health_address=config.health_address, on_shutdown=on_shutdown,
                 allow_remote_shutdown=config.allow_remote_shutdown,
+                max_in_flight=config.max_in_flight,
             )
             port = await grpc_server.start(config.grpc_address)
             ready(f"spear-worker listening grpc={listen_address(config.grpc_address, port)}")
@@ -101,7 +107,7 @@ async def serve_pod(
                 threads=ThreadBudget(config.max_threads), token=config.token, tls=config.tls,
                 max_message_size=config.max_message_size, on_shutdown=on_shutdown,
                 allow_remote_shutdown=config.allow_remote_shutdown,
-                drain_timeout=config.drain_timeout,
+                drain_timeout=config.drain_timeout, max_in_flight=config.max_in_flight,
             )
             port = tcp_server.start(config.tcp_address)
             ready(f"spear-worker listening tcp={listen_address(config.tcp_address, port)}")

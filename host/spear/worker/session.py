@@ -20,7 +20,7 @@ from typing import Protocol
 
 from spear.errors import InvalidMessage
 from spear.protocol import codec
-from spear.protocol.limits import WORKER_MAX_IN_FLIGHT
+from spear.protocol.limits import WORKER_IN_FLIGHT_BYTES, WORKER_MAX_IN_FLIGHT
 from spear.protocol.messages import (
     Cancel,
     Error,
@@ -52,14 +52,15 @@ class Call:
     """One request in flight. `finish` answers it (once; later answers are dropped), from
     any thread; `on_cancel`, when the runner sets it, stops the work on `Cancel`."""
 
-    __slots__ = ("_answer", "answered", "on_cancel", "request")
+    __slots__ = ("_answer", "answered", "on_cancel", "request", "size")
 
     def __init__(self, request: ExecutionRequest,
-                 answer: Callable[[Call, ExecutionResponse], None]) -> None:
+                 answer: Callable[[Call, ExecutionResponse], None], size: int = 0) -> None:
         self.request = request
         self._answer = answer
         self.answered = False
         self.on_cancel: Callable[[], object] | None = None
+        self.size = size  # bytes of the request, counted against the in-flight budget
 
     def finish(self, response: ExecutionResponse) -> None:
         self._answer(self, response)
@@ -78,6 +79,7 @@ class WorkerSession:
         *,
         max_message_size: int,
         max_in_flight: int = WORKER_MAX_IN_FLIGHT,
+        max_in_flight_bytes: int = WORKER_IN_FLIGHT_BYTES,
         allow_shutdown: bool = True,
         on_shutdown: Callable[[Shutdown], None] | None = None,
         on_idle: Callable[[], None] | None = None,
@@ -87,6 +89,8 @@ class WorkerSession:
         self._send = send
         self.max_message_size = max_message_size
         self.max_in_flight = max(1, max_in_flight)
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.in_flight_bytes = 0
         self.allow_shutdown = allow_shutdown
         self._on_shutdown = on_shutdown
         self._on_idle = on_idle
@@ -161,8 +165,13 @@ class WorkerSession:
             elif size > self.max_message_size:
                 refusal = failure(rid, f"request of {size} bytes exceeds this worker's maximum "
                                   f"of {self.max_message_size} bytes", REQUEST_TOO_LARGE)
+            elif self.calls and self.in_flight_bytes + size > self.max_in_flight_bytes:
+                refusal = failure(rid, f"this connection already has {self.in_flight_bytes} "
+                                  f"bytes of requests in flight; {size} more would pass the "
+                                  f"worker's maximum of {self.max_in_flight_bytes}", TOO_MANY)
             else:
-                call = self.calls[rid] = Call(request, self.answer)
+                call = self.calls[rid] = Call(request, self.answer, size)
+                self.in_flight_bytes += size
         if refusal is not None:
             self._send(_encode(refusal))
             return
@@ -176,7 +185,7 @@ class WorkerSession:
             if self.closed or request.request_id in self.calls:
                 return None
             call = self.calls[request.request_id] = Call(request, self.answer)
-            return call
+            return call  # not counted in bytes: it was read and started within one read
 
     def refuse(self, request: ExecutionRequest, message: str, code: str) -> None:
         self._send(_encode(failure(request.request_id, message, code)))
@@ -208,6 +217,7 @@ class WorkerSession:
             rid = call.request.request_id
             if calls.get(rid) is call:
                 del calls[rid]
+                self.in_flight_bytes -= call.size
             idle = self.draining and not calls
             closed = self.closed
         if not closed:
@@ -243,6 +253,7 @@ class WorkerSession:
             self.closed = True
             calls = list(self.calls.values())
             self.calls.clear()
+            self.in_flight_bytes = 0
             for call in calls:
                 call.answered = True
         return calls
