@@ -32,7 +32,6 @@ from spear.protocol import codec
 from spear.protocol.framing import ReceiveBuffer, frame
 from spear.protocol.limits import (
     AUTH_FAILURE_BURST,
-    HANDSHAKE_FRAME_LIMIT,
     HOST_INBOX_BYTES,
     MAX_PENDING_HANDSHAKES,
 )
