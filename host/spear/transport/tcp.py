@@ -8,18 +8,22 @@ Addresses are parsed by `spear.protocol.address`, the one HOST:PORT helper.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from spear.errors import ConnectionFailed, Timeout
 from spear.protocol.address import HostPort, format_host_port
 
+if TYPE_CHECKING:
+    # Imported where it is used: a worker that only needs the blocking helpers here starts
+    # without loading asyncio.
+    import asyncio
+
 LOOPBACK = "127.0.0.1"
 
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+P = TypeVar("P", bound="asyncio.BaseProtocol")
 
 
 async def listen_tcp(
@@ -27,6 +31,8 @@ async def listen_tcp(
     ssl: ssl_module.SSLContext | None = None,
 ) -> tuple[asyncio.Server, str]:
     """Serve on `host:port` (port 0: an ephemeral one); returns the bound address."""
+    import asyncio
+
     server = await asyncio.get_running_loop().create_server(
         protocol_factory, host=host, port=port, ssl=ssl, reuse_address=True
     )
@@ -39,6 +45,8 @@ async def dial_tcp(
     ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None,
 ) -> P:
     """Connect to `host:port`; `ConnectionFailed` (or `Timeout`) names the address and cause."""
+    import asyncio
+
     target = HostPort.parse(address)
     loop = asyncio.get_running_loop()
     try:

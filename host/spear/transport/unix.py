@@ -7,7 +7,6 @@ directory and each socket is chmod-ed to 0600 before it starts listening.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -17,16 +16,21 @@ import ssl as ssl_module
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from spear.errors import ConnectionFailed, Timeout
+
+if TYPE_CHECKING:
+    # Imported where it is used: a worker that only needs the blocking helpers here starts
+    # without loading asyncio.
+    import asyncio
 
 # sizeof(sockaddr_un.sun_path) minus the terminating NUL: 108 on Linux, 104 on the BSDs.
 UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+P = TypeVar("P", bound="asyncio.BaseProtocol")
 
 
 def default_base_dir() -> str:
@@ -93,6 +97,8 @@ def bind_private_socket(path: str, *, mode: int = 0o600, backlog: int = 16) -> s
 async def listen_unix(path: str, protocol_factory: Callable[[], asyncio.BaseProtocol], *,
                       mode: int = 0o600) -> asyncio.Server:
     """Serve connections on a private socket at `path`, one protocol object each."""
+    import asyncio
+
     sock = bind_private_socket(path, mode=mode)
     try:
         return await asyncio.get_running_loop().create_unix_server(protocol_factory, sock=sock)
@@ -112,6 +118,8 @@ async def dial_unix(
     ssl: ssl_module.SSLContext | None = None,
 ) -> P:
     """Connect to `path`; `ConnectionFailed` (or `Timeout`) names the path and the cause."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout if timeout > 0 else None):

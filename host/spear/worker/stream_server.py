@@ -30,16 +30,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spear.errors import InvalidMessage
 from spear.protocol.codec import encode_success as _encode_success
 from spear.protocol.framing import ReceiveBuffer, header
 from spear.protocol.limits import WORKER_MAX_IN_FLIGHT, WORKER_MAX_THREADS
 from spear.protocol.messages import ExecutionRequest, ExecutionResponse, Shutdown
-from spear.worker.async_bridge import AsyncBridge
 from spear.worker.handler import Handler, call_sync, failure, output_response, timed_out
 from spear.worker.session import DUPLICATE, Call, WorkerSession
+
+if TYPE_CHECKING:
+    from spear.worker.async_bridge import AsyncBridge
 
 log = logging.getLogger(__name__)
 
