@@ -9,7 +9,6 @@ Addresses are parsed by `spear.protocol.address`, the one HOST:PORT helper.
 from __future__ import annotations
 
 import socket
-import ssl as ssl_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,8 +17,9 @@ from spear.protocol.address import HostPort, format_host_port
 
 if TYPE_CHECKING:
     # Imported where it is used: a worker that only needs the blocking helpers here starts
-    # without loading asyncio.
+    # without loading asyncio or ssl.
     import asyncio
+    import ssl as ssl_module
 
 LOOPBACK = "127.0.0.1"
 
@@ -57,7 +57,7 @@ async def dial_tcp(
             )
     except TimeoutError:
         raise Timeout(f"connecting to tcp:{address} took longer than {timeout:.3g} s") from None
-    except (OSError, ssl_module.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError too
         raise ConnectionFailed(f"cannot connect to tcp:{address}: {exc}") from exc
     return protocol
 

@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import socket
-import ssl as ssl_module
 import sys
 import tempfile
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from spear.errors import ConnectionFailed, Timeout
 
 if TYPE_CHECKING:
     # Imported where it is used: a worker that only needs the blocking helpers here starts
-    # without loading asyncio.
+    # without loading asyncio or ssl.
     import asyncio
+    import ssl as ssl_module
 
 # sizeof(sockaddr_un.sun_path) minus the terminating NUL: 108 on Linux, 104 on the BSDs.
 UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
@@ -129,7 +129,7 @@ async def dial_unix(
             )
     except TimeoutError:
         raise Timeout(f"connecting to unix:{path} took longer than {timeout:.3g} s") from None
-    except (OSError, ssl_module.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError too
         raise ConnectionFailed(f"cannot connect to unix:{path}: {exc}") from exc
     return protocol
 

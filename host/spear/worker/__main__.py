@@ -44,26 +44,32 @@ def run_worker(
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> int:
     """Dial, authenticate, serve until shutdown. Returns the process exit code."""
-    endpoint = environment.endpoint
-    if endpoint.kind == "unix":
-        sock = connect_unix_socket(endpoint.address, timeout=CONNECT_TIMEOUT)
-    else:
-        sock = connect_tcp_socket(endpoint.address, timeout=CONNECT_TIMEOUT)
-    try:
-        received = present_token(
-            sock, instance_id=environment.instance_id, token=environment.token,
-            timeout=CONNECT_TIMEOUT, max_message_size=environment.max_message_size,
-        )
-    except BaseException:
-        sock.close()
-        raise
-    log.debug("connected to %s as %s", endpoint, environment.instance_id)
     bridge = None
     if is_async(handler):
+        # Before dialling: the host sends work as soon as the handshake is done.
         from spear.worker.async_bridge import AsyncBridge
         from spear.worker.dispatcher import Dispatcher
 
         bridge = AsyncBridge(Dispatcher(handler, max_threads=max_threads))
+    endpoint = environment.endpoint
+    try:
+        if endpoint.kind == "unix":
+            sock = connect_unix_socket(endpoint.address, timeout=CONNECT_TIMEOUT)
+        else:
+            sock = connect_tcp_socket(endpoint.address, timeout=CONNECT_TIMEOUT)
+        try:
+            received = present_token(
+                sock, instance_id=environment.instance_id, token=environment.token,
+                timeout=CONNECT_TIMEOUT, max_message_size=environment.max_message_size,
+            )
+        except BaseException:
+            sock.close()
+            raise
+    except BaseException:
+        if bridge is not None:
+            bridge.close()
+        raise
+    log.debug("connected to %s as %s", endpoint, environment.instance_id)
     server = StreamServer(
         sock, handler, received=received, bridge=bridge, threads=ThreadBudget(max_threads),
         max_in_flight=max_in_flight, drain_timeout=drain_timeout, name=environment.instance_id,
