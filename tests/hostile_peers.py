@@ -16,7 +16,7 @@ import sys
 
 from spear.protocol import codec
 from spear.protocol.framing import frame
-from spear.protocol.messages import ExecutionRequest, ExecutionResponse
+from spear.protocol.messages import ExecutionRequest, ExecutionResponse, Shutdown
 
 
 def flood_stream(count: int, size: int) -> None:
@@ -41,6 +41,8 @@ def flood_stream(count: int, size: int) -> None:
             if isinstance(message, ExecutionRequest):
                 sock.sendall(frame(codec.encode(
                     ExecutionResponse(message.request_id, message.input_data))))
+            elif isinstance(message, Shutdown):
+                return
         count = sock.recv_into(received.writable())
         if not count:
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -113,14 +114,9 @@ def test_connections_beyond_the_pending_handshake_cap_are_closed_unread() -> Non
     with PodWorker("--tcp", "127.0.0.1:0", "k8s_handlers:echo",
                    env={"SPEAR_TOKEN": TOKEN}) as worker:
         silent = [connect(worker.tcp) for _ in range(MAX_PENDING_HANDSHAKES + 10)]
-        closed_at_once = 0
-        for sock in silent:
-            sock.settimeout(1.0)
-            try:
-                if sock.recv(1) == b"":
-                    closed_at_once += 1
-            except TimeoutError:
-                pass  # still waiting for its handshake: it holds one of the slots
+        # Those over the cap are closed at once; the others wait for their handshake (5 s).
+        readable, _, _ = select.select(silent, [], [], 1.0)
+        closed_at_once = sum(1 for sock in readable if sock.recv(1) == b"")
         for sock in silent:
             sock.close()
     assert closed_at_once >= 10, closed_at_once
@@ -211,7 +207,7 @@ async def test_intruders_at_start_up_cannot_make_the_host_hold_megabytes(
 
 async def test_a_worker_flooding_unknown_replies_and_messages_is_bounded_and_counted() -> None:
     runtime = ProcessRuntime(config=ChannelConfig(keepalive_interval_ms=0))
-    count, size = 200, MIB
+    count, size = 100, MIB
     before = rss()
     try:
         instance = await runtime.start_instance("flood", command=[
@@ -229,7 +225,7 @@ async def test_a_worker_flooding_unknown_replies_and_messages_is_bounded_and_cou
         # Every unknown reply was dropped, and the unsolicited messages past the inbox too.
         kept = HOST_INBOX_BYTES // size
         assert stats.messages_dropped >= count + (count - kept) - 1, stats
-        assert rss() - before < HOST_INBOX_BYTES + 24 * MIB  # 400 MiB were sent
+        assert rss() - before < HOST_INBOX_BYTES + 24 * MIB  # 200 MiB were sent
         received = 0
         while True:
             try:
@@ -297,7 +293,7 @@ def test_an_unauthenticated_huge_execute_is_refused_before_it_is_read(
 def test_failed_grpc_calls_are_logged_in_aggregate(grpc_pod: PodWorker) -> None:
     with grpc.insecure_channel(grpc_pod.grpc) as channel:
         stub = pb_grpc.SpearRuntimeStub(channel)
-        for _ in range(40):
+        for _ in range(30):
             with pytest.raises(grpc.RpcError):
                 stub.Execute(pb.ExecuteRequest(function_name="slow"),
                              metadata=(("x-spear-token", "guess"),), timeout=30)

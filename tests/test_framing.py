@@ -77,8 +77,10 @@ def test_a_large_frame_grows_the_buffer_only_while_it_is_read() -> None:
     big = bytes(range(256)) * 1024  # 256 KiB
     assert buffer.feed(frame(big)) == [big]
     assert buffer.capacity >= len(big)
+    assert buffer.feed(frame(big)) == [big]  # back to back: the room is kept meanwhile
     assert buffer.feed(frame(b"small")) == [b"small"]
-    assert buffer.capacity == 4096  # the room of the large frame was given back
+    assert buffer.feed(frame(b"small")) == [b"small"]
+    assert buffer.capacity == 4096  # small frames again: the room was given back
 
 
 def test_frames_put_back_come_out_again() -> None:

@@ -51,7 +51,7 @@ class ReceiveBuffer:
     arriving; `max_frame` may be raised once the peer has authenticated.
     """
 
-    __slots__ = ("_buf", "_capacity", "_end", "_need", "_start", "_view", "max_frame")
+    __slots__ = ("_big", "_buf", "_capacity", "_end", "_need", "_start", "_view", "max_frame")
 
     def __init__(self, max_frame: int, capacity: int = DEFAULT_CAPACITY) -> None:
         self.max_frame = max_frame
@@ -62,6 +62,7 @@ class ReceiveBuffer:
         self._end = 0  # end of the bytes received
         # Total bytes the frame at `_start` needs (header included), once its header is in.
         self._need = HEADER_SIZE
+        self._big = False  # the last frame did not fit the resting capacity
 
     @property
     def buffered(self) -> int:
@@ -83,8 +84,9 @@ class ReceiveBuffer:
         start, end = self._start, self._end
         if start == end:
             self._start = self._end = start = end = 0
-            if len(self._buf) != self._capacity:
-                self._resize(self._capacity)  # a large frame is done: give its room back
+            if not self._big and len(self._buf) != self._capacity:
+                # Large frames are over: give their room back (not between two of them).
+                self._resize(self._capacity)
         size = len(self._buf)
         need = self._need
         if need > size - start:
@@ -124,6 +126,7 @@ class ReceiveBuffer:
                 self._start = pos
                 return out
             out.append(view[pos + HEADER_SIZE:stop])
+            self._big = length >= self._capacity
             pos = stop
         self._need = HEADER_SIZE
         self._start = pos
