@@ -18,6 +18,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from types import FrameType
 
 from spear.errors import CommunicationError, InvalidConfiguration
@@ -76,7 +77,9 @@ def run_worker(
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        server.stop(graceful=True)
+        # Not here: the handler runs in the main thread between two bytecodes, maybe while it
+        # holds one of the server's locks. A thread of its own takes them safely.
+        threading.Thread(target=server.stop, name="spear-stop", daemon=True).start()
 
     previous = {signum: signal.signal(signum, on_signal)
                 for signum in (signal.SIGTERM, signal.SIGINT)}
