@@ -70,6 +70,7 @@ _encode = codec.encode
 _encode_request = codec.encode_request
 _decode = codec.decode
 _perf_counter = time.perf_counter
+_NEVER = float("inf")
 
 
 class StreamChannel(CommunicationChannel):
@@ -106,6 +107,8 @@ class StreamChannel(CommunicationChannel):
         self._heard = False
         self._deadlines: dict[float, collections.deque[_Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER  # when `_timer` fires
+        self._time = self._loop.time
         self._heartbeat_task: asyncio.Task[None] | None = None
         if config.keepalive_interval_ms > 0:
             self._heartbeat_task = self._loop.create_task(
@@ -295,22 +298,22 @@ class StreamChannel(CommunicationChannel):
             if len(self._deadlines) >= MAX_DEADLINE_QUEUES:
                 return self._loop.call_later(timeout, self._expire, request_id, future, timeout)
             queue = self._deadlines[timeout] = collections.deque()
-        deadline = self._loop.time() + timeout
+        deadline = self._time() + timeout
         queue.append((deadline, request_id, future))
         if len(queue) > 2 * len(self._futures) + 64:
             # Answered requests leave their entries behind; drop them now and then.
             queue = self._deadlines[timeout] = collections.deque(
                 e for e in queue if not e[2].done())
-        timer = self._timer
-        if timer is None:
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self._loop.call_at(deadline, self._check_deadlines)
-        elif deadline < timer.when():
-            timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._check_deadlines)
+            self._timer_at = deadline
         return None
 
     def _check_deadlines(self) -> None:
         self._timer = None
+        self._timer_at = _NEVER
         if self._closed is not None:
             return
         now = self._loop.time()
@@ -331,6 +334,7 @@ class StreamChannel(CommunicationChannel):
                 earliest = queue[0][0]
         if earliest is not None:
             self._timer = self._loop.call_at(earliest, self._check_deadlines)
+            self._timer_at = earliest
 
     def _expire(self, request_id: str, future: asyncio.Future[RuntimeMessage],
                 timeout: float) -> None:
@@ -438,6 +442,7 @@ class StreamChannel(CommunicationChannel):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_at = _NEVER
         self._deadlines.clear()
         task = self._heartbeat_task
         if task is not None and task is not asyncio.current_task():

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from spear.errors import ChannelClosed, InvalidMessage
-from spear.protocol.framing import DEFAULT_CAPACITY, HEADER_SIZE, ReceiveBuffer, header
+from spear.protocol.framing import DEFAULT_CAPACITY, HEADER, HEADER_SIZE, ReceiveBuffer
 from spear.protocol.limits import HANDSHAKE_FRAME_LIMIT
 
+_pack_header = HEADER.pack
 # The receive buffer of a connection that has not authenticated: one handshake frame fits.
 PREAUTH_BUFFER = 2 * HANDSHAKE_FRAME_LIMIT
 
@@ -186,7 +187,7 @@ class FrameStream(asyncio.BufferedProtocol):
         if self.closed is not None:
             raise ChannelClosed(f"connection is closed: {self.closed}")
         transport = self._transport
-        head = header(len(payload))
+        head = _pack_header(len(payload))
         if self._wrote:
             pending = self._pending
             pending.append(head)
