@@ -19,7 +19,8 @@ from spear.instance_id import RuntimeInstanceId, RuntimeType
 from spear.messages import ExecutionRequest, ExecutionResponse, HealthCheck, HealthResponse
 from spear.protocol.framing import ReceiveBuffer, frame
 from spear.transport.frame_stream import FrameStream
-from spear.worker.stream_server import QUICK_STREAK, StreamServer, ThreadBudget
+from spear.worker.stream_server import QUICK_STREAK, StreamServer
+from spear.worker.thread_budget import ThreadBudget
 
 IID = RuntimeInstanceId(RuntimeType.PROCESS, "threads")
 CONFIG = ChannelConfig(keepalive_interval_ms=0, request_timeout_ms=10000)

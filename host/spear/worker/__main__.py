@@ -29,7 +29,8 @@ from spear.transport.unix import connect_unix_socket
 from spear.worker.handler import Handler, is_async, load_handler
 from spear.worker.handshake import present_token
 from spear.worker.scrub import remove_from_environment
-from spear.worker.stream_server import DEFAULT_DRAIN_TIMEOUT, StreamServer, ThreadBudget
+from spear.worker.stream_server import DEFAULT_DRAIN_TIMEOUT, StreamServer
+from spear.worker.thread_budget import ThreadBudget
 
 log = logging.getLogger("spear.worker")
 

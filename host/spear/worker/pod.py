@@ -99,8 +99,8 @@ async def serve_pod(
                 ready(f"spear-worker listening health={health}")
         if config.tcp_address is not None:
             from spear.worker.async_bridge import AsyncBridge
-            from spear.worker.stream_server import ThreadBudget
             from spear.worker.tcp_listener import TcpWorkerListener
+            from spear.worker.thread_budget import ThreadBudget
 
             tcp_server = TcpWorkerListener(
                 handler, bridge=AsyncBridge(dispatcher, loop) if dispatcher.is_async else None,

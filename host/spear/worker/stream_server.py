@@ -35,10 +35,12 @@ from typing import TYPE_CHECKING, Any
 from spear.errors import InvalidMessage
 from spear.protocol.codec import encode_success as _encode_success
 from spear.protocol.framing import ReceiveBuffer, header
-from spear.protocol.limits import WORKER_MAX_IN_FLIGHT, WORKER_MAX_THREADS
+from spear.protocol.limits import WORKER_MAX_IN_FLIGHT
 from spear.protocol.messages import ExecutionRequest, ExecutionResponse, Shutdown
+from spear.worker.deadlines import DeadlineQueues
 from spear.worker.handler import Handler, call_sync, failure, output_response, timed_out
 from spear.worker.session import DUPLICATE, Call, WorkerSession
+from spear.worker.thread_budget import ThreadBudget
 
 if TYPE_CHECKING:
     from spear.worker.async_bridge import AsyncBridge
@@ -62,62 +64,6 @@ _clock = time.perf_counter
 _get_ident = threading.get_ident
 _READ = object()
 _EXIT = object()
-
-
-class ThreadBudget:
-    """Handler threads a worker may run, shared by all its connections."""
-
-    def __init__(self, limit: int = WORKER_MAX_THREADS) -> None:
-        self.limit = max(1, limit)
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self._used >= self.limit:
-                return False
-            self._used += 1
-            return True
-
-    def give(self) -> None:
-        with self._lock:
-            self._used -= 1
-
-
-class _Deadlines:
-    """Requests with a `timeout_ms`, one FIFO per distinct timeout (requests with the same
-    timeout expire in arrival order); answered ones are dropped lazily."""
-
-    __slots__ = ("_queues",)
-
-    def __init__(self) -> None:
-        self._queues: dict[int, collections.deque[tuple[float, Call]]] = {}
-
-    def add(self, call: Call, now: float, in_flight: int) -> None:
-        timeout_ms = call.request.timeout_ms
-        queue = self._queues.get(timeout_ms)
-        if queue is None:
-            queue = self._queues[timeout_ms] = collections.deque()
-        while queue and queue[0][1].answered:
-            queue.popleft()
-        queue.append((now + timeout_ms / 1000.0, call))
-        if len(queue) > 2 * in_flight + 64:
-            self._queues[timeout_ms] = collections.deque(e for e in queue if not e[1].answered)
-
-    def next_due(self) -> float | None:
-        due = [queue[0][0] for queue in self._queues.values() if queue]
-        return min(due) if due else None
-
-    def expired(self, now: float) -> list[Call]:
-        out: list[Call] = []
-        for timeout_ms, queue in list(self._queues.items()):
-            while queue and (queue[0][1].answered or queue[0][0] <= now):
-                _, call = queue.popleft()
-                if not call.answered:
-                    out.append(call)
-            if not queue:
-                del self._queues[timeout_ms]
-        return out
 
 
 class StreamServer:
@@ -168,7 +114,7 @@ class StreamServer:
         self._busy: dict[int, tuple[ExecutionRequest, float, list[bool],
                                     collections.deque[ExecutionRequest], bool]] = {}
         self._adopted: dict[int, Call] = {}
-        self._deadlines = _Deadlines()
+        self._deadlines = DeadlineQueues()
         self._drain_until: float | None = None
         self._quick: dict[str, int] = {}
         self._ended = threading.Event()
@@ -594,12 +540,3 @@ def _response(request: ExecutionRequest, output: Any, started: float) -> Executi
         return failure(request.request_id, f"{type(output).__name__}: {output}",
                        "internal_error")
     return output_response(request, output, started)
-
-
-def describe(sock: Any) -> str:
-    with contextlib.suppress(OSError):
-        peer = sock.getpeername()
-        if isinstance(peer, tuple):
-            return f"tcp:{peer[0]}:{peer[1]}"
-        return f"unix:{peer or sock.getsockname()}"
-    return "stream"

@@ -40,7 +40,8 @@ from spear.transport.tls import TlsConfig
 from spear.worker.async_bridge import AsyncBridge
 from spear.worker.handler import Handler
 from spear.worker.handshake import await_hello
-from spear.worker.stream_server import StreamServer, ThreadBudget
+from spear.worker.stream_server import StreamServer
+from spear.worker.thread_budget import ThreadBudget
 
 log = logging.getLogger(__name__)
 
