@@ -196,13 +196,16 @@ class StreamChannel(CommunicationChannel):
                 f"channel to {self._instance_id.full_id} already has {len(futures)} requests "
                 f"in flight, its maximum"
             )
-        future: asyncio.Future[RuntimeMessage] = self._loop.create_future()
-        futures[request_id] = future
+        # Out first, bookkeeping after: the worker starts on it meanwhile. (Its reply cannot
+        # be read before this coroutine yields, so registering after the write is safe.)
         started = _perf_counter()
         stream = self._stream
+        sent = stream.write(payload)
+        future: asyncio.Future[RuntimeMessage] = self._loop.create_future()
+        futures[request_id] = future
         stats = self._stats
         stats.messages_sent += 1
-        stats.bytes_sent += stream.write(payload)
+        stats.bytes_sent += sent
         if timeout is None:
             timeout = self._request_timeout
         handle = self._arm_deadline(request_id, future, timeout) if timeout > 0 else None
