@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from spear import codec
@@ -94,9 +95,16 @@ async def worker() -> AsyncIterator[InProcessWorker]:
 
 
 @pytest.fixture
-async def unix_channel(worker: InProcessWorker, tmp_path: object) -> AsyncIterator[StreamChannel]:
+def private_dir() -> Iterator[str]:
+    """A 0700 directory for sockets (short, unlike tmp_path), removed afterwards."""
     directory = make_private_dir()
-    path = await worker.listen_unix(directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def unix_channel(worker: InProcessWorker, private_dir: str) -> AsyncIterator[StreamChannel]:
+    path = await worker.listen_unix(private_dir)
     channel = await open_unix_channel(IID, path, QUIET, token=TOKEN)
     yield channel
     await channel.close()
@@ -171,16 +179,16 @@ async def test_tcp_round_trip_through_the_dial_helper(worker: InProcessWorker) -
 
 
 async def test_a_wrong_token_is_refused_with_authentication_failed(
-    worker: InProcessWorker,
+    worker: InProcessWorker, private_dir: str,
 ) -> None:
-    path = await worker.listen_unix(make_private_dir())
+    path = await worker.listen_unix(private_dir)
     with pytest.raises(AuthenticationFailed, match="auth_failed"):
         await open_unix_channel(IID, path, QUIET, token="not-the-token")
 
 
-async def test_dialling_nothing_fails_with_connection_failed(tmp_path: object) -> None:
+async def test_dialling_nothing_fails_with_connection_failed(private_dir: str) -> None:
     with pytest.raises(CommunicationError, match="cannot connect"):
-        await open_unix_channel(IID, f"{make_private_dir()}/absent.sock", QUIET, token=TOKEN)
+        await open_unix_channel(IID, f"{private_dir}/absent.sock", QUIET, token=TOKEN)
     with pytest.raises(CommunicationError, match="cannot connect"):
         await open_tcp_channel(IID, "127.0.0.1:1", QUIET)
 
@@ -231,8 +239,10 @@ async def test_handler_failures_come_back_as_error_responses(unix_channel: Strea
     assert "failed on purpose" in (reply.error_message or "")
 
 
-async def test_an_oversized_message_is_refused_before_sending(worker: InProcessWorker) -> None:
-    path = await worker.listen_unix(make_private_dir())
+async def test_an_oversized_message_is_refused_before_sending(
+    worker: InProcessWorker, private_dir: str,
+) -> None:
+    path = await worker.listen_unix(private_dir)
     config = QUIET.with_changes(max_message_size=1024)
     async with await open_unix_channel(IID, path, config, token=TOKEN) as channel:
         with pytest.raises(InvalidMessage, match="exceeds"):
@@ -241,8 +251,8 @@ async def test_an_oversized_message_is_refused_before_sending(worker: InProcessW
         assert isinstance(reply, ExecutionResponse) and reply.ok
 
 
-async def test_a_large_message_round_trips(worker: InProcessWorker) -> None:
-    path = await worker.listen_unix(make_private_dir())
+async def test_a_large_message_round_trips(worker: InProcessWorker, private_dir: str) -> None:
+    path = await worker.listen_unix(private_dir)
     async with await open_unix_channel(IID, path, QUIET, token=TOKEN) as channel:
         payload = bytes(range(256)) * 16384  # 4 MiB
         reply = await channel.request_response(ExecutionRequest("big", "echo", payload))
