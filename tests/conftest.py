@@ -6,11 +6,13 @@ taken prebuilt from wasm_fixtures/build/ (`just fixtures` builds them).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,19 @@ def _guest_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
 def _module_cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The host's compiled-module cache, for this run and its child processes, not in HOME."""
     os.environ.setdefault("SPEAR_CACHE_DIR", str(tmp_path_factory.mktemp("module-cache")))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_loops: run each async test on asyncio's loop and on uvloop")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> dict[str, Callable[[], Any]]:
+    """asyncio's own loop for every test; uvloop as well for tests marked `both_loops`."""
+    factories: dict[str, Callable[[], Any]] = {"asyncio": asyncio.new_event_loop}
+    if item.get_closest_marker("both_loops") is not None:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories

@@ -34,3 +34,20 @@ def sync_echo(request: ExecutionRequest) -> bytes:
 async def double(request: ExecutionRequest) -> bytes:
     """Twice the input: a reply larger than its request."""
     return request.input_data * 2
+
+
+def token_probe(request: ExecutionRequest) -> bytes:
+    """What a handler (and a child it starts) can see of SPEAR_TOKEN: `env=...`,
+    `proc=...` (the value in /proc/self/environ) and `child=...` (in a child's environment).
+    """
+    import subprocess
+    import sys
+
+    seen = os.environ.get("SPEAR_TOKEN", "")
+    with open("/proc/self/environ", "rb") as raw:
+        entries = raw.read().split(b"\0")
+    in_proc = b"".join(e.partition(b"=")[2] for e in entries if e.startswith(b"SPEAR_TOKEN="))
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('SPEAR_TOKEN', ''))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    return f"env={seen}|proc={in_proc.decode(errors='replace')}|child={child}".encode()

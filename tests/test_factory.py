@@ -128,7 +128,7 @@ async def test_process_falls_back_to_tcp_when_the_unix_socket_refuses(
                                   "tcp_address": worker.addresses["tcp"]})
     channel = await factory.create_channel_for_instance(PROC, config)
     assert channel.instance_id == PROC
-    assert "Stream" in type(channel).__name__ or "tcp" in repr(channel).lower()
+    assert channel.capabilities.transport == "tcp"
     assert await roundtrip(channel, b"via tcp") == b"via tcp"
 
 
@@ -137,29 +137,23 @@ async def test_process_prefers_the_unix_socket_at_its_per_instance_path(
 ) -> None:
     """A Unix-socket worker (the stream worker protocol, served in this process) at the path
     the template gives this instance; the TCP fallback is never tried."""
-    from spear.worker.dispatcher import Dispatcher
-    from spear.worker.stream_server import serve_stream
-
-    async def echo(request: ExecutionRequest) -> bytes:
-        return request.input_data
-
-    dispatcher = Dispatcher(echo)
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_stream(reader, writer, dispatcher, max_message_size=1 << 20)
+    from spear.transport.unix import bind_private_socket
+    from spear.worker import examples
+    from spear.worker.tcp_listener import TcpWorkerListener
 
     path = tmp_path / "process_worker-001.sock"
-    server = await asyncio.start_unix_server(serve, str(path))
+    listener = TcpWorkerListener(examples.echo)
+    listener.start_on(bind_private_socket(str(path)))
     try:
         config = ChannelConfig(extra={"unix_path": str(tmp_path / "{instance}.sock"),
                                       "tcp_address": f"127.0.0.1:{free_port()}"})
         channel = await factory.create_channel_for_instance(PROC, config)
+        assert channel.capabilities.transport == "unix"
         assert getattr(channel, "peer", "") == f"unix:{path}"
         assert await roundtrip(channel, b"over unix") == b"over unix"
     finally:
         await factory.close_all_channels()
-        server.close()
-        dispatcher.close()
+        listener.close()
 
 
 async def test_every_failed_attempt_is_reported_with_its_cause(
@@ -195,7 +189,7 @@ async def test_kubernetes_falls_back_from_grpc_to_tcp_on_its_own_port(
     grpc_channel = await factory.create_channel_for_instance(
         RuntimeInstanceId(RuntimeType.KUBERNETES, "pod-1"),
         ChannelConfig(address=worker.addresses["grpc"], extra={"tcp_port": tcp_port}))
-    assert "grpc" in type(grpc_channel).__name__.lower()
+    assert grpc_channel.capabilities.transport == "grpc"
     assert await roundtrip(grpc_channel) == b"ping"
 
 

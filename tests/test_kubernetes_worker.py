@@ -78,9 +78,11 @@ async def test_tcp_only_worker_authenticates_the_handshake() -> None:
 
 
 async def test_shutdown_message_drains_and_stops_the_worker() -> None:
-    worker = PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:slow").start()
+    worker = PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:slow",
+                       env={"SPEAR_TOKEN": "shutdown-token"}).start()
     try:
-        channel = await open_grpc_channel(POD, worker.grpc, ChannelConfig())
+        channel = await open_grpc_channel(POD, worker.grpc, ChannelConfig(),
+                                          token="shutdown-token")
         running = asyncio.ensure_future(
             channel.request_response(ExecutionRequest("s", "slow", b"300")))
         await asyncio.sleep(0.1)
@@ -91,6 +93,37 @@ async def test_shutdown_message_drains_and_stops_the_worker() -> None:
         await channel.close()
     finally:
         worker.kill()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+async def test_a_worker_without_a_token_refuses_a_shutdown_from_the_network(
+    transport: str,
+) -> None:
+    from spear.channel.stream import open_tcp_channel
+    from spear.messages import Error
+
+    async def open_channel(worker: PodWorker) -> object:
+        if transport == "grpc":
+            return await open_grpc_channel(POD, worker.grpc, ChannelConfig())
+        return await open_tcp_channel(POD, worker.tcp, ChannelConfig(keepalive_interval_ms=0))
+
+    with PodWorker(f"--{transport}", "127.0.0.1:0", "k8s_handlers:echo") as worker:
+        channel = await open_channel(worker)
+        await channel.send(Shutdown(graceful=False, timeout_ms=0))  # type: ignore[attr-defined]
+        refusal = await asyncio.wait_for(channel.receive(), 5)  # type: ignore[attr-defined]
+        assert isinstance(refusal, Error) and refusal.code == "forbidden"
+        reply = await channel.request_response(  # type: ignore[attr-defined]
+            ExecutionRequest("still", "echo", b"serving"))
+        assert isinstance(reply, ExecutionResponse) and reply.output_data == b"serving"
+        assert worker.proc is not None and worker.proc.poll() is None
+        await channel.close()  # type: ignore[attr-defined]
+    # Unless it was told to take one.
+    with PodWorker(f"--{transport}", "127.0.0.1:0", "--allow-remote-shutdown",
+                   "k8s_handlers:echo") as worker:
+        channel = await open_channel(worker)
+        await channel.send(Shutdown(graceful=True, timeout_ms=1000))  # type: ignore[attr-defined]
+        assert await asyncio.to_thread(worker.wait, 10) == 0
+        await channel.close()  # type: ignore[attr-defined]
 
 
 def test_sigterm_on_an_idle_worker_exits_zero_at_once() -> None:

@@ -1,8 +1,9 @@
 """`StreamChannel` over real sockets, with the peer in this process.
 
-Two kinds of peer: a real worker server (`serve_stream` behind `accept_handshake`) that the
-channel dials with `open_unix_channel` / `open_tcp_channel`, and a scripted raw peer on the
-other end of a socketpair, for misbehaviour no honest worker produces.
+Two kinds of peer: a real worker listener (the pod worker's threaded listener: handshake,
+then the blocking `StreamServer`) that the channel dials with `open_unix_channel` /
+`open_tcp_channel`, and a scripted raw peer on the other end of a socketpair, for
+misbehaviour no honest worker produces.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from spear import codec
-from spear.channel.handshake import accept_handshake
 from spear.channel.stream import StreamChannel, open_tcp_channel, open_unix_channel
 from spear.config import ChannelConfig
 from spear.errors import (
@@ -39,13 +40,18 @@ from spear.messages import (
     RuntimeMessage,
     Shutdown,
 )
-from spear.transport.frame_io import FrameBuffer
-from spear.transport.framing import frame
-from spear.transport.tcp import listen_tcp
-from spear.transport.unix import listen_unix, make_private_dir
+from spear.protocol.framing import ReceiveBuffer, frame
+from spear.transport.frame_stream import FrameStream
+from spear.transport.unix import bind_private_socket, make_private_dir
 from spear.worker import examples
+from spear.worker.async_bridge import AsyncBridge
 from spear.worker.dispatcher import Dispatcher
-from spear.worker.stream_server import serve_stream
+from spear.worker.tcp_listener import TcpWorkerListener
+
+# Every asyncio test here runs on asyncio's own loop and on uvloop: they differ in when they
+# read (uvloop reads in the same iteration a connection is made, for one).
+pytestmark = pytest.mark.both_loops
+
 
 IID = RuntimeInstanceId(RuntimeType.PROCESS, "chan")
 TOKEN = "correct-horse-battery-staple"
@@ -53,44 +59,32 @@ QUIET = ChannelConfig(keepalive_interval_ms=0, request_timeout_ms=5000, connect_
 
 
 class InProcessWorker:
-    """A listening worker in this process: checks the host's handshake, then serves."""
+    """A listening worker in this process (on threads): checks the host's handshake, then
+    serves with the blocking stream server, async handlers on a bridge loop."""
 
     def __init__(self) -> None:
-        self.dispatcher = Dispatcher(examples.route)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.servers: list[asyncio.Server] = []
+        self.bridge = AsyncBridge(Dispatcher(examples.route))
+        self.listeners: list[TcpWorkerListener] = []
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                         ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        try:
-            await accept_handshake(reader, writer, token=TOKEN, timeout=2.0,
-                                   max_message_size=QUIET.max_message_size)
-        except AuthenticationFailed:
-            writer.close()
-            return
-        await serve_stream(reader, writer, self.dispatcher,
-                           max_message_size=QUIET.max_message_size)
+    def _listener(self) -> TcpWorkerListener:
+        listener = TcpWorkerListener(examples.route, bridge=self.bridge, token=TOKEN,
+                                     handshake_timeout=2.0)
+        self.listeners.append(listener)
+        return listener
 
     async def listen_unix(self, directory: str) -> str:
         path = f"{directory}/worker.sock"
-        self.servers.append(await listen_unix(path, self._on_client))
+        self._listener().start_on(bind_private_socket(path))
         return path
 
     async def listen_tcp(self) -> str:
-        server, address = await listen_tcp(self._on_client)
-        self.servers.append(server)
-        return address
+        port = self._listener().start("127.0.0.1:0")
+        return f"127.0.0.1:{port}"
 
     async def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.dispatcher.close()
+        for listener in self.listeners:
+            listener.close()
+        self.bridge.close()
 
 
 @pytest.fixture
@@ -101,9 +95,16 @@ async def worker() -> AsyncIterator[InProcessWorker]:
 
 
 @pytest.fixture
-async def unix_channel(worker: InProcessWorker, tmp_path: object) -> AsyncIterator[StreamChannel]:
+def private_dir() -> Iterator[str]:
+    """A 0700 directory for sockets (short, unlike tmp_path), removed afterwards."""
     directory = make_private_dir()
-    path = await worker.listen_unix(directory)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def unix_channel(worker: InProcessWorker, private_dir: str) -> AsyncIterator[StreamChannel]:
+    path = await worker.listen_unix(private_dir)
     channel = await open_unix_channel(IID, path, QUIET, token=TOKEN)
     yield channel
     await channel.close()
@@ -115,7 +116,7 @@ class RawPeer:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.frames = FrameBuffer(1 << 20)
+        self.frames = ReceiveBuffer(1 << 20)
         self.inbox: list[RuntimeMessage] = []
 
     async def next_message(self, timeout: float = 2.0) -> RuntimeMessage:
@@ -141,9 +142,9 @@ _opened: list[tuple[StreamChannel, RawPeer]] = []
 
 async def channel_with_raw_peer(config: ChannelConfig = QUIET) -> tuple[StreamChannel, RawPeer]:
     left, right = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=left)
+    _, stream = await asyncio.get_running_loop().connect_accepted_socket(FrameStream, sock=left)
     peer_reader, peer_writer = await asyncio.open_connection(sock=right)
-    pair = StreamChannel(IID, reader, writer, config), RawPeer(peer_reader, peer_writer)
+    pair = StreamChannel(IID, stream, config), RawPeer(peer_reader, peer_writer)
     _opened.append(pair)
     return pair
 
@@ -178,16 +179,16 @@ async def test_tcp_round_trip_through_the_dial_helper(worker: InProcessWorker) -
 
 
 async def test_a_wrong_token_is_refused_with_authentication_failed(
-    worker: InProcessWorker,
+    worker: InProcessWorker, private_dir: str,
 ) -> None:
-    path = await worker.listen_unix(make_private_dir())
+    path = await worker.listen_unix(private_dir)
     with pytest.raises(AuthenticationFailed, match="auth_failed"):
         await open_unix_channel(IID, path, QUIET, token="not-the-token")
 
 
-async def test_dialling_nothing_fails_with_connection_failed(tmp_path: object) -> None:
+async def test_dialling_nothing_fails_with_connection_failed(private_dir: str) -> None:
     with pytest.raises(CommunicationError, match="cannot connect"):
-        await open_unix_channel(IID, f"{make_private_dir()}/absent.sock", QUIET, token=TOKEN)
+        await open_unix_channel(IID, f"{private_dir}/absent.sock", QUIET, token=TOKEN)
     with pytest.raises(CommunicationError, match="cannot connect"):
         await open_tcp_channel(IID, "127.0.0.1:1", QUIET)
 
@@ -238,8 +239,10 @@ async def test_handler_failures_come_back_as_error_responses(unix_channel: Strea
     assert "failed on purpose" in (reply.error_message or "")
 
 
-async def test_an_oversized_message_is_refused_before_sending(worker: InProcessWorker) -> None:
-    path = await worker.listen_unix(make_private_dir())
+async def test_an_oversized_message_is_refused_before_sending(
+    worker: InProcessWorker, private_dir: str,
+) -> None:
+    path = await worker.listen_unix(private_dir)
     config = QUIET.with_changes(max_message_size=1024)
     async with await open_unix_channel(IID, path, config, token=TOKEN) as channel:
         with pytest.raises(InvalidMessage, match="exceeds"):
@@ -248,8 +251,8 @@ async def test_an_oversized_message_is_refused_before_sending(worker: InProcessW
         assert isinstance(reply, ExecutionResponse) and reply.ok
 
 
-async def test_a_large_message_round_trips(worker: InProcessWorker) -> None:
-    path = await worker.listen_unix(make_private_dir())
+async def test_a_large_message_round_trips(worker: InProcessWorker, private_dir: str) -> None:
+    path = await worker.listen_unix(private_dir)
     async with await open_unix_channel(IID, path, QUIET, token=TOKEN) as channel:
         payload = bytes(range(256)) * 16384  # 4 MiB
         reply = await channel.request_response(ExecutionRequest("big", "echo", payload))

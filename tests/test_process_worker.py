@@ -1,4 +1,5 @@
-"""The worker side: its environment contract, `serve_stream`, and the `spear-worker` command."""
+"""The worker side: its environment contract, the blocking `StreamServer`, and the
+`spear-worker` command."""
 
 from __future__ import annotations
 
@@ -26,9 +27,7 @@ from spear.messages import (
     HealthResponse,
     Shutdown,
 )
-from spear.worker import examples
-from spear.worker.dispatcher import Dispatcher
-from spear.worker.environment import (
+from spear.protocol.environment import (
     ENV_ENDPOINT,
     ENV_INSTANCE_ID,
     ENV_MAX_MESSAGE_SIZE,
@@ -36,7 +35,12 @@ from spear.worker.environment import (
     Endpoint,
     WorkerEnvironment,
 )
-from spear.worker.stream_server import serve_stream
+from spear.protocol.framing import ReceiveBuffer
+from spear.transport.frame_stream import FrameStream
+from spear.worker import examples
+from spear.worker.async_bridge import AsyncBridge
+from spear.worker.dispatcher import Dispatcher
+from spear.worker.stream_server import StreamServer
 
 IID = RuntimeInstanceId(RuntimeType.PROCESS, "w")
 CONFIG = ChannelConfig(keepalive_interval_ms=0, request_timeout_ms=5000)
@@ -96,29 +100,30 @@ def test_the_worker_command_exits_1_when_the_host_is_unreachable() -> None:
     assert result.returncode == 1 and "cannot connect" in result.stderr
 
 
-# -- serve_stream ---------------------------------------------------------------------------
+# -- the stream server (async handlers, on its bridge's loop thread) -------------------------
 
 
 @dataclass
 class Served:
     channel: StreamChannel
     dispatcher: Dispatcher
-    server: asyncio.Task[None]
+    server: asyncio.Future[str]  # the serving thread; its result says why it ended
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     left, right = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=left)
-    worker_reader, worker_writer = await asyncio.open_connection(sock=right)
+    _, stream = await asyncio.get_running_loop().connect_accepted_socket(FrameStream, sock=left)
     dispatcher = Dispatcher(examples.route)
-    server = asyncio.ensure_future(serve_stream(
-        worker_reader, worker_writer, dispatcher, max_message_size=1 << 20, max_in_flight=8))
-    channel = StreamChannel(IID, reader, writer, CONFIG)
+    bridge = AsyncBridge(dispatcher)
+    worker = StreamServer(right, examples.route, received=ReceiveBuffer(1 << 20), bridge=bridge,
+                          max_in_flight=8)
+    server = asyncio.ensure_future(asyncio.to_thread(worker.serve))
+    channel = StreamChannel(IID, stream, CONFIG)
     yield Served(channel, dispatcher, server)
     await channel.close()
     await asyncio.wait_for(server, 2)
-    dispatcher.close()
+    bridge.close()
 
 
 async def request(served: Served, function: str, data: bytes = b"", rid: str = "r"
@@ -172,10 +177,17 @@ async def test_cancel_stops_the_handler_and_answers_cancelled(served: Served) ->
     assert reply.error_code == "cancelled" and "victim" in examples.CANCELLED
 
 
-async def test_more_than_max_in_flight_requests_still_all_complete(served: Served) -> None:
-    replies = await asyncio.gather(*(request(served, "async_slow", b"0.02", f"m{i}")
+async def test_requests_beyond_max_in_flight_are_refused_with_a_clear_error(
+    served: Served,
+) -> None:
+    replies = await asyncio.gather(*(request(served, "async_slow", b"0.2", f"m{i}")
                                      for i in range(40)))
-    assert all(r.ok for r in replies)
+    refused = [r for r in replies if r.error_code == "too_many_requests"]
+    assert sum(r.ok for r in replies) == 8  # the fixture's max_in_flight
+    assert len(refused) == 32
+    assert "already has 8 requests in flight" in (refused[0].error_message or "")
+    # Once those finish there is room again.
+    assert (await request(served, "echo", b"again", "after")).ok
 
 
 async def test_a_reply_too_large_for_the_host_fails_only_that_request(served: Served) -> None:
@@ -194,6 +206,9 @@ async def test_a_host_that_hangs_up_cancels_its_requests(served: Served) -> None
     call = asyncio.ensure_future(request(served, "async_slow", b"5", "orphan"))
     await asyncio.sleep(0.05)
     await served.channel.close()
-    await asyncio.wait_for(served.server, 2)
-    assert served.dispatcher.in_flight == 0
+    assert await asyncio.wait_for(served.server, 2) == "closed by the host"
+    async with asyncio.timeout(2):
+        while served.dispatcher.in_flight:  # the bridge's loop cancels it
+            await asyncio.sleep(0.01)
+    assert "orphan" in examples.CANCELLED
     assert call.done()

@@ -2,8 +2,9 @@
 
 Four layers, one folder each: `invocation/` (deploy, invoke, scale), `runtime/` (WASM,
 process, Kubernetes), `channel/` (the `CommunicationChannel` abstraction, factory,
-correlation), `transport/` (unix, tcp, grpc, wasm linear memory). The model (messages, ids,
-config, errors) lives in small modules at the top.
+correlation), `transport/` (unix, tcp, grpc, wasm linear memory). What the host and the worker
+SDK (`worker/`) share is in `protocol/` (messages, codec, frames, handshake, limits). The
+model (ids, config, errors) lives in small modules at the top.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from spear._version import __version__
-from spear.channel.base import CommunicationChannel
-from spear.config import ChannelConfig
 from spear.errors import (
     AuthenticationFailed,
     ChannelClosed,
@@ -29,7 +28,7 @@ from spear.errors import (
     UnsupportedTransport,
 )
 from spear.instance_id import RuntimeInstanceId, RuntimeType
-from spear.messages import (
+from spear.protocol.messages import (
     Ack,
     Cancel,
     Error,
@@ -42,21 +41,29 @@ from spear.messages import (
     RuntimeMessage,
     Shutdown,
 )
-from spear.runtime.base import Runtime, RuntimeInstance
-from spear.stats import ChannelStats
 
 if TYPE_CHECKING:
+    from spear.channel.base import CommunicationChannel
     from spear.channel.factory import CommunicationFactory
     from spear.channel.strategy import CommunicationStrategy, CommunicationStrategyBuilder
+    from spear.config import ChannelConfig
     from spear.invocation.asgi_app import asgi_app
     from spear.invocation.function_spec import FunctionSpec
     from spear.invocation.spearlet import Spearlet
+    from spear.runtime.base import Runtime, RuntimeInstance
     from spear.runtime.kubernetes import KubernetesRuntime
     from spear.runtime.process import ProcessRuntime
     from spear.runtime.wasm import WasmRuntime
+    from spear.stats import ChannelStats
 
-# Heavy parts (wasmtime, grpc) load on first use, so `import spear` stays cheap.
+# Everything but the model (errors, ids, messages) loads on first use, so `import spear`
+# stays cheap and the worker SDK (which imports `spear.worker`) never loads the host's layers.
 _LAZY = {
+    "CommunicationChannel": "spear.channel.base",
+    "ChannelConfig": "spear.config",
+    "ChannelStats": "spear.stats",
+    "Runtime": "spear.runtime.base",
+    "RuntimeInstance": "spear.runtime.base",
     "WasmRuntime": "spear.runtime.wasm",
     "ProcessRuntime": "spear.runtime.process",
     "KubernetesRuntime": "spear.runtime.kubernetes",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from spear.errors import InvalidConfiguration
+from spear.protocol.limits import DEFAULT_MAX_MESSAGE_SIZE
 
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "ChannelConfig"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,14 @@ class AuthenticationFailed(CommunicationError):
     """The peer presented a wrong or no credential."""
 
 
+class TooManyInFlight(CommunicationError):
+    """A channel (or a worker connection) already has its maximum of requests in flight."""
+
+
+class DuplicateRequestId(CommunicationError):
+    """A request id that is already in flight on the same channel or stream."""
+
+
 class InvalidMessage(CommunicationError):
     """Bytes that are not a valid message: malformed, oversized, wrong types."""
 

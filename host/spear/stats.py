@@ -17,17 +17,21 @@ class ChannelStats:
     requests_completed: int
     mean_latency_ms: float
     uptime_s: float
+    # Messages received and thrown away: replies nobody waits for (a late reply to a request
+    # that timed out, an id never sent) and unsolicited messages beyond the inbox's limit.
+    messages_dropped: int = 0
 
 
 class StatsRecorder:
     """Counters a channel bumps on its hot path; `snapshot()` computes a true mean latency."""
 
     __slots__ = (
-                "_started",
+        "_started",
         "bytes_received",
         "bytes_sent",
         "connection_errors",
         "latency_total",
+        "messages_dropped",
         "messages_received",
         "messages_sent",
         "requests_completed",
@@ -38,6 +42,7 @@ class StatsRecorder:
         self._started = time.monotonic()
         self.messages_sent = 0
         self.messages_received = 0
+        self.messages_dropped = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self.connection_errors = 0
@@ -69,4 +74,5 @@ class StatsRecorder:
             requests_completed=done,
             mean_latency_ms=(self.latency_total / done * 1000.0) if done else 0.0,
             uptime_s=time.monotonic() - self._started,
+            messages_dropped=self.messages_dropped,
         )

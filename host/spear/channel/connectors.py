@@ -1,9 +1,13 @@
-"""Channel type -> how to dial it: the registry the factory walks.
+"""Channel type -> how to connect it: the registry the factory walks.
 
-Each connector knows two things: where its transport lives for a given instance (its own
-address, so a fallback never reuses the address the preferred transport was dialled on) and
-which function opens it. The dial functions live in the transport-specific channel modules and
-are imported on first use, so asking for a Unix channel never imports grpc or wasmtime.
+A connector reaches its channel in one of two ways. It *dials*: it knows where its transport
+lives for a given instance (its own address, so a fallback never reuses the address the
+preferred transport was dialled on) and which function opens it. Or it *listens and
+accepts* (`accept=Invitation(...)`, see `spear.channel.rendezvous`): it opens a private
+endpoint, has the caller start the peer that dials in, and takes the first authenticated
+connection; that is how the process runtime gets its channels. The functions live in the
+transport-specific channel modules and are imported on first use, so asking for a Unix
+channel never imports grpc or wasmtime.
 
 Addresses come from, in order: the transport's own key in `config.extra` (`unix_path`,
 `tcp_address`, `grpc_address`, `artifact`), a derivation from `config.address` (`tcp_port` plus
@@ -22,14 +26,14 @@ from typing import Any
 
 from spear.channel.base import CommunicationChannel
 from spear.config import ChannelConfig
-from spear.errors import InvalidConfiguration, UnsupportedTransport
+from spear.errors import InvalidConfiguration, UnsupportedChannel, UnsupportedTransport
 from spear.instance_id import RuntimeInstanceId
+from spear.protocol.address import HostPort, try_parse
 
 DialFunction = Callable[..., Awaitable[CommunicationChannel]]
 AddressResolver = Callable[[RuntimeInstanceId, ChannelConfig, Collection[str]], str]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 def _fill(template: str, instance_id: RuntimeInstanceId) -> str:
@@ -39,20 +43,13 @@ def _fill(template: str, instance_id: RuntimeInstanceId) -> str:
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:
-    """`host:port` / `[v6]:port`, with any `scheme://` and trailing path removed; None if not."""
-    address = _SCHEME.sub("", address).split("/", 1)[0]
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
+    """(host, port) of a HOST:PORT address, or None (`spear.protocol.address.try_parse`)."""
+    parsed = try_parse(address)
+    return None if parsed is None else (parsed.host, parsed.port)
 
 
 def _host_port(address: str) -> str:
-    parts = split_host_port(address)
-    if parts is None:
-        raise InvalidConfiguration(f"{address!r} is not a HOST:PORT address")
-    host, port = parts
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(HostPort.parse(address))
 
 
 def _no_address(kind: str, instance_id: RuntimeInstanceId, hint: str) -> InvalidConfiguration:
@@ -68,7 +65,7 @@ def _unix_address(
     address = config.address
     if address and address.startswith("unix:"):
         address = address[5:].removeprefix("//")
-    if address and split_host_port(address) is None and address not in used:
+    if address and try_parse(address) is None and address not in used:
         return _fill(address, instance_id)
     raise _no_address("unix", instance_id, "set extra['unix_path'] or a path as the address")
 
@@ -82,11 +79,13 @@ def _tcp_address(
     port = config.extra.get("tcp_port")
     if port:
         host = "127.0.0.1"
-        if config.address and (parts := split_host_port(config.address)) is not None:
-            host = parts[0]
-        return _host_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+        if config.address and (parts := try_parse(config.address)) is not None:
+            host = parts.host
+        if not port.isdigit():
+            raise InvalidConfiguration(f"extra['tcp_port'] must be a port number, got {port!r}")
+        return str(HostPort(host, int(port)))
     address = config.address
-    if address and split_host_port(address) is not None:
+    if address and try_parse(address) is not None:
         candidate = _host_port(address)
         if candidate not in used:
             return candidate
@@ -104,7 +103,7 @@ def _grpc_address(
     if explicit:
         return _host_port(_fill(explicit, instance_id))
     address = config.address
-    if address and split_host_port(address) is not None:
+    if address and try_parse(address) is not None:
         candidate = _host_port(address)
         if candidate not in used:
             return candidate
@@ -122,7 +121,8 @@ def _memory_address(
 
 @dataclass(frozen=True)
 class Connector:
-    """Dials one channel type. `target` is `module:function`, imported on first dial."""
+    """Connects one channel type. `target` (dial) and `accept_target` (listen and accept)
+    are `module:function`, imported on first use."""
 
     channel_type: str
     target: str
@@ -132,11 +132,18 @@ class Connector:
     options: frozenset[str] = frozenset()
     # An option that, when given, *is* the address (the memory channel's artifact bytes).
     address_option: str | None = None
-    _loaded: list[DialFunction] = field(default_factory=list, compare=False, repr=False)
+    # `module:function(instance_id, config, invitation)`, when this type can listen and accept.
+    accept_target: str | None = None
+    _loaded: dict[str, DialFunction] = field(default_factory=dict, compare=False, repr=False)
 
-    def dial_function(self) -> DialFunction:
-        if not self._loaded:
-            module_name, _, attr = self.target.partition(":")
+    @property
+    def can_accept(self) -> bool:
+        return self.accept_target is not None
+
+    def _load(self, target: str) -> DialFunction:
+        function = self._loaded.get(target)
+        if function is None:
+            module_name, _, attr = target.partition(":")
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
@@ -144,8 +151,21 @@ class Connector:
                     f"channel type {self.channel_type!r} is not available: cannot import "
                     f"{module_name}: {exc}"
                 ) from exc
-            self._loaded.append(getattr(module, attr))
-        return self._loaded[0]
+            function = self._loaded[target] = getattr(module, attr)
+        return function
+
+    def dial_function(self) -> DialFunction:
+        return self._load(self.target)
+
+    async def accept(
+        self, instance_id: RuntimeInstanceId, config: ChannelConfig, invitation: Any,
+    ) -> CommunicationChannel:
+        """Listen on a fresh endpoint, invite the peer, return its authenticated channel."""
+        if self.accept_target is None:
+            raise UnsupportedChannel(
+                f"channel type {self.channel_type!r} cannot listen and accept; it only dials"
+            )
+        return await self._load(self.accept_target)(instance_id, config, invitation)
 
     async def dial(
         self,
@@ -160,9 +180,11 @@ class Connector:
 
 _REGISTRY: dict[str, Connector] = {
     "unix": Connector("unix", "spear.channel.stream:open_unix_channel", _unix_address,
-                      frozenset({"token", "ssl"})),
+                      frozenset({"token", "ssl"}),
+                      accept_target="spear.channel.rendezvous:accept_unix_channel"),
     "tcp": Connector("tcp", "spear.channel.stream:open_tcp_channel", _tcp_address,
-                     frozenset({"token", "ssl"})),
+                     frozenset({"token", "ssl"}),
+                     accept_target="spear.channel.rendezvous:accept_tcp_channel"),
     "grpc": Connector("grpc", "spear.channel.grpc:open_grpc_channel", _grpc_address,
                       frozenset({"token", "tls"})),
     "memory": Connector("memory", "spear.channel.memory:open_memory_channel", _memory_address,

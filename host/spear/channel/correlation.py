@@ -1,24 +1,27 @@
 """Pending-request bookkeeping shared by the stream and gRPC channels.
 
-Each in-flight request owns a future keyed by its `request_id`; the reader task resolves it
-when the reply arrives, and `fail_all` fails every one at once when the peer dies, so no
-caller waits out its timeout on a dead channel.
+Each in-flight request owns a future keyed by its `request_id`; the reader resolves it when
+the reply arrives, and `fail_all` fails every one at once when the peer dies, so no caller
+waits out its timeout on a dead channel. A duplicate id in flight is refused with
+`DuplicateRequestId`, one request over the cap with `TooManyInFlight`, on every channel.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from spear.errors import ChannelClosed, CommunicationError
-from spear.messages import RuntimeMessage
+from spear.errors import ChannelClosed, CommunicationError, DuplicateRequestId, TooManyInFlight
+from spear.protocol.limits import HOST_MAX_IN_FLIGHT
+from spear.protocol.messages import RuntimeMessage
 
 
 class PendingRequests:
-    __slots__ = ("_closed_reason", "_futures")
+    __slots__ = ("_closed_reason", "_futures", "max_in_flight")
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = HOST_MAX_IN_FLIGHT) -> None:
         self._futures: dict[str, asyncio.Future[RuntimeMessage]] = {}
         self._closed_reason: CommunicationError | None = None
+        self.max_in_flight = max_in_flight
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -27,11 +30,16 @@ class PendingRequests:
         return request_id in self._futures
 
     def register(self, request_id: str) -> asyncio.Future[RuntimeMessage]:
-        """Reserve `request_id`; a duplicate in flight or a closed channel is refused."""
+        """Reserve `request_id`; a duplicate in flight, one request over `max_in_flight` or a
+        closed channel is refused."""
         if self._closed_reason is not None:
             raise ChannelClosed(str(self._closed_reason))
         if request_id in self._futures:
-            raise CommunicationError(f"request id {request_id!r} is already in flight")
+            raise DuplicateRequestId(f"request id {request_id!r} is already in flight")
+        if len(self._futures) >= self.max_in_flight:
+            raise TooManyInFlight(
+                f"the channel already has {len(self._futures)} requests in flight, its maximum"
+            )
         future: asyncio.Future[RuntimeMessage] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
         return future

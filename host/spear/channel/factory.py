@@ -1,10 +1,14 @@
-"""`CommunicationFactory`: picks a channel type by runtime strategy, dials it, pools the result.
+"""`CommunicationFactory`: picks a channel type by runtime strategy, connects it, pools the
+result. It is the one path to a connected channel: the Kubernetes runtime dials pods through
+it and the process runtime accepts its workers through it.
 
 Creation walks the runtime's strategy (preferred type, then fallbacks). A fallback happens when
-*connecting* fails, not only when a channel object cannot be built: each attempt resolves its
-own address (see `spear.channel.connectors`), dials within `connect_timeout_ms`, and must hand
-back a connected channel. When every attempt fails, `ChannelCreationFailed` carries each
-attempted type with its cause.
+*connecting* fails, not only when a channel object cannot be built: each attempt either
+resolves its own address and dials within `connect_timeout_ms`, or, given
+`accept=Invitation(...)`, listens on a fresh private endpoint and accepts the peer it invites
+(see `spear.channel.connectors` and `spear.channel.rendezvous`); either way it must hand back
+a connected channel. When every attempt fails, `ChannelCreationFailed` carries each attempted
+type with its cause.
 
 The pool is keyed by `RuntimeInstanceId`. `get_or_create_channel` hands back a live channel
 when the instance has one, drops (and closes) dead ones it finds, and dials a new one only
@@ -44,7 +48,8 @@ class CommunicationFactory:
     """Creates channels by runtime strategy and keeps a per-instance pool of them.
 
     Dial options (`token=`, `ssl=`, `tls=`, `artifact=`) are passed to each transport that
-    understands them, so one call can carry what every fallback needs.
+    understands them, so one call can carry what every fallback needs. `accept=` (an
+    `Invitation`) makes every attempt listen and accept instead of dial.
     """
 
     def __init__(
@@ -232,6 +237,14 @@ class CommunicationFactory:
         options: dict[str, Any], used: list[str],
     ) -> CommunicationChannel:
         connector = get_connector(channel_type)
+        invitation = options.get("accept")
+        if invitation is not None:
+            # The connector bounds the wait for the invited peer by the connect timeout.
+            channel = await connector.accept(instance_id, config, invitation)
+            if not channel.connected:
+                await _close_quietly([channel])
+                raise ConnectionFailed(f"{channel_type} channel accepted but not connected")
+            return channel
         address: str | bytes | None = None
         if connector.address_option is not None:
             address = options.get(connector.address_option)

@@ -9,6 +9,11 @@ replies and queues everything else for `receive()`.
 When the stream breaks (the pod died, keepalive found a cut link, the worker drained) every
 pending request fails at once with `ChannelClosed` and the channel stays closed; reconnecting
 is the runtime's job (`spear.channel.reconnecting`), which swaps in a fresh channel.
+
+Bounded before trusted, as the stream channel: requests queued for the writer are bounded in
+bytes (`HOST_OUTBOX_BYTES`; callers wait for room), unsolicited messages in `receive()`'s
+inbox too (`HOST_INBOX_BYTES`; beyond, dropped and counted), and a reply nobody waits for is
+dropped and counted, never queued.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any
 import grpc
 
 from spear.channel.base import CommunicationChannel
+from spear.channel.capabilities import ChannelCapabilities
 from spear.channel.correlation import PendingRequests
-from spear.codec import decode, encode
+from spear.channel.inbox import Inbox
 from spear.config import ChannelConfig
 from spear.errors import (
     AuthenticationFailed,
@@ -35,9 +41,12 @@ from spear.errors import (
     Timeout,
 )
 from spear.instance_id import RuntimeInstanceId
-from spear.messages import (
+from spear.protocol.codec import decode, encode
+from spear.protocol.limits import HOST_INBOX_BYTES, HOST_OUTBOX_BYTES
+from spear.protocol.messages import (
     REPLY_TYPES,
     Cancel,
+    Error,
     ExecutionResponse,
     ExecutionStatus,
     RuntimeMessage,
@@ -50,9 +59,9 @@ from spear.transport.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
-# Replies that arrive after their request timed out are dropped, not handed to `receive()`.
+# Ids of requests given up on recently; their late replies are expected (dropped quietly).
 _ABANDONED_MEMORY = 1024
-_CLOSED = object()
+_CAPABILITIES = ChannelCapabilities("grpc")
 # The worker's initial metadata on an accepted stream (see spear.worker.grpc_server).
 ACCEPT_KEY = "spear-protocol"
 
@@ -105,8 +114,8 @@ class GrpcChannel(CommunicationChannel):
         self._tls = tls
         self._stats = StatsRecorder()
         self._pending = PendingRequests()
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._outbox = Outbox()
+        self._inbox = Inbox(HOST_INBOX_BYTES)
+        self._outbox = Outbox(HOST_OUTBOX_BYTES)
         self._abandoned: OrderedDict[str, None] = OrderedDict()
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.StreamStreamCall[pb.Envelope, pb.Envelope] | None = None
@@ -125,6 +134,10 @@ class GrpcChannel(CommunicationChannel):
     @property
     def address(self) -> str:
         return self._address
+
+    @property
+    def capabilities(self) -> ChannelCapabilities:
+        return _CAPABILITIES
 
     @property
     def connected(self) -> bool:
@@ -217,16 +230,23 @@ class GrpcChannel(CommunicationChannel):
             message = ExecutionResponse(
                 getattr(message, "request_id", ""), b"", ExecutionStatus.ERROR,
                 f"reply of {len(payload)} bytes exceeds this channel's maximum of {limit} bytes",
-                "too_large",
+                "response_too_large",
             )
-        if type(message) in REPLY_TYPES:
+        cls = type(message)
+        if cls in REPLY_TYPES:
             rid: str = message.request_id  # type: ignore[union-attr]
             if self._pending.resolve(rid, message):
                 return
             if rid in self._abandoned:
                 del self._abandoned[rid]
+                self._stats.messages_dropped += 1
                 return
-        self._inbox.put_nowait(message)
+            if cls is not Error:
+                # A reply nobody asked for (or asked for long ago): dropped, never queued.
+                self._stats.messages_dropped += 1
+                return
+        if not self._inbox.put(message, len(payload)):
+            self._stats.messages_dropped += 1
 
     async def _write_loop(self, call: grpc.aio.StreamStreamCall[pb.Envelope, pb.Envelope]) -> None:
         try:
@@ -247,7 +267,7 @@ class GrpcChannel(CommunicationChannel):
         self._connected = False
         self._pending.fail_all(reason)
         self._outbox.close()
-        self._inbox.put_nowait(_CLOSED)
+        self._inbox.close(reason)
         if self._call is not None:
             self._call.cancel()
 
@@ -266,17 +286,13 @@ class GrpcChannel(CommunicationChannel):
     async def send(self, message: RuntimeMessage) -> None:
         if self._closed is not None:
             raise ChannelClosed(str(self._closed))
+        await self._outbox.wait_for_room()
+        if self._closed is not None:
+            raise ChannelClosed(str(self._closed))
         self._enqueue(message)
 
     async def receive(self) -> RuntimeMessage:
-        if self._closed is not None and self._inbox.empty():
-            raise ChannelClosed(str(self._closed))
-        item = await self._inbox.get()
-        if item is _CLOSED:
-            self._inbox.put_nowait(_CLOSED)  # wake any other receiver too
-            raise ChannelClosed(str(self._closed))
-        message: RuntimeMessage = item
-        return message
+        return await self._inbox.get()
 
     async def request_response(
         self, request: RuntimeMessage, timeout: float | None = None
@@ -286,6 +302,8 @@ class GrpcChannel(CommunicationChannel):
             raise InvalidMessage(f"{type(request).__name__} has no request_id to correlate by")
         if timeout is None:
             timeout = self._config.request_timeout or None
+        if self._outbox.size >= HOST_OUTBOX_BYTES:
+            await self._outbox.wait_for_room()  # the stream is not keeping up: wait, not pile up
         future = self._pending.register(rid)
         try:
             self._enqueue(request)

@@ -1,123 +1,110 @@
-"""The handshake that opens an authenticated socket channel.
+"""The handshake on the host's asyncio connections (the rules are in `spear.protocol.handshake`).
 
-Whoever dials sends one `Handshake(instance_id, token, protocol_version)` frame first; the
-listening side answers `Ack(instance_id)` or, for anything else, an `Error` with code
-`auth_failed`, and then closes. Both halves live here because both ends use both: the
-process runtime listens and its workers dial, while a Kubernetes host dials a pod that listens.
-
-Tokens are compared with `hmac.compare_digest` and never logged or put in an error message.
+`present_token` is the dialling side (the Kubernetes TCP fallback dials a pod);
+`await_hello` the listening side (the process runtime's workers dial in). Both work on a fresh
+`FrameStream`, whose frame limit is still the handshake limit, and raise it to the channel's
+`max_message_size` only when the peer is in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
-import logging
+from collections.abc import Callable
 
-from spear import codec
-from spear.errors import (
-    AuthenticationFailed,
-    ChannelClosed,
-    CommunicationError,
-    InvalidMessage,
-    Timeout,
-)
-from spear.messages import Ack, Error, Handshake
-from spear.transport.framing import frame, read_frame
+from spear.errors import AuthenticationFailed, ChannelClosed, InvalidMessage, Timeout
+from spear.protocol import handshake as rules
+from spear.protocol.messages import Handshake
+from spear.transport.frame_stream import FrameStream
 
-PROTOCOL_VERSION = 1
-AUTH_FAILED = "auth_failed"
-
-log = logging.getLogger(__name__)
+PROTOCOL_VERSION = rules.PROTOCOL_VERSION
+AUTH_FAILED = rules.AUTH_FAILED
 
 
-async def _read_message(
-    reader: asyncio.StreamReader, max_message_size: int, timeout: float, what: str
-) -> object:
+async def _first_frame(
+    stream: FrameStream, timeout: float, what: str,
+    refuse: Callable[[Exception], None] | None = None,
+) -> bytes:
+    """The next frame on `stream` (which must not have a reader yet), within `timeout`.
+
+    `refuse(error)` runs when the frame itself is bad (oversized, empty), while the
+    connection can still carry a last frame.
+    """
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Future[bytes] = loop.create_future()
+
+    def on_frame(payload: memoryview | bytes) -> None:
+        if not arrived.done():
+            arrived.set_result(bytes(payload))
+            stream.hold()  # whatever follows belongs to the channel
+
+    def on_close(error: Exception | None) -> None:
+        if arrived.done():
+            return
+        if isinstance(error, InvalidMessage):
+            failure = AuthenticationFailed(f"bad {what}: {error}")
+            if refuse is not None:
+                refuse(failure)
+            arrived.set_exception(failure)
+        elif error is None:
+            arrived.set_exception(ChannelClosed(f"peer closed the connection before the {what}"))
+        else:
+            arrived.set_exception(ChannelClosed(f"connection lost before the {what}: {error}"))
+
+    stream.on_frame = on_frame
+    stream.on_close = on_close
+    if stream.closed is not None:
+        on_close(stream.closed)
+    else:
+        stream.release()
     try:
-        async with asyncio.timeout(timeout):
-            payload = await read_frame(reader, max_message_size)
+        async with asyncio.timeout(timeout if timeout > 0 else None):
+            return await arrived
     except TimeoutError:
         raise Timeout(f"no {what} within {timeout:.3g} s") from None
-    except asyncio.IncompleteReadError:
-        raise ChannelClosed(f"peer closed the connection before the {what}") from None
-    except ConnectionError as exc:
-        raise ChannelClosed(f"connection lost before the {what}: {exc}") from exc
-    return codec.decode(payload)
+    finally:
+        if not arrived.done():
+            arrived.cancel()
 
 
-async def send_handshake(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    *,
-    instance_id: str,
-    token: str,
-    timeout: float,
+async def present_token(
+    stream: FrameStream, *, instance_id: str, token: str, timeout: float,
     max_message_size: int,
 ) -> None:
-    """Dialling side: present the token and wait for the `Ack`.
+    """Dialling side: send the hello, wait for the `Ack`.
 
     Raises `AuthenticationFailed` when the peer refuses, `Timeout` when it stays silent and
     `ChannelClosed` when it hangs up.
     """
-    writer.write(frame(codec.encode(Handshake(instance_id, token, PROTOCOL_VERSION))))
-    await writer.drain()
-    reply = await _read_message(reader, max_message_size, timeout, "handshake reply")
-    if isinstance(reply, Ack):
-        return
-    if isinstance(reply, Error):
-        raise AuthenticationFailed(f"peer refused the handshake: {reply.message} ({reply.code})")
-    raise AuthenticationFailed(f"expected Ack to the handshake, got {type(reply).__name__}")
+    stream.write_raw(rules.hello_frame(instance_id, token))
+    payload = await _first_frame(stream, timeout, "handshake reply")
+    rules.check_reply(payload)
+    stream.authenticated(max_message_size)
 
 
-async def accept_handshake(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    *,
-    token: str,
-    timeout: float,
-    max_message_size: int,
+async def await_hello(
+    stream: FrameStream, *, token: str, timeout: float, max_message_size: int,
     instance_id: str | None = None,
 ) -> Handshake:
-    """Listening side: the first frame must be a `Handshake` with `token` within `timeout`.
+    """Listening side: the first frame must be a hello with `token` within `timeout`.
 
-    On success the peer gets `Ack(instance_id)` and the handshake is returned. On failure
-    the peer gets an `auth_failed` `Error` (best effort) and `AuthenticationFailed` is raised
-    (its cause says why: wrong token, silence, garbage); the caller closes the connection.
+    On success the peer gets `Ack(instance_id)`. On failure it gets an `auth_failed` `Error`
+    (best effort) and `AuthenticationFailed` is raised, saying why (wrong token, silence,
+    garbage, an oversized frame); the caller closes the connection.
     """
+    def refuse(error: Exception) -> None:
+        stream.write_raw(rules.refusal_frame(instance_id, error))
+
     try:
-        message = await _read_message(reader, max_message_size, timeout, "handshake")
-        if not isinstance(message, Handshake):
-            raise AuthenticationFailed(
-                f"first frame must be a Handshake, got {type(message).__name__}"
-            )
-        if message.protocol_version != PROTOCOL_VERSION:
-            raise AuthenticationFailed(
-                f"unsupported protocol version {message.protocol_version} "
-                f"(this host speaks {PROTOCOL_VERSION})"
-            )
-        token_ok = hmac.compare_digest(message.token.encode(), token.encode())
-        if not token_ok:
-            raise AuthenticationFailed("wrong token")
-        if instance_id is not None and message.instance_id != instance_id:
-            raise AuthenticationFailed(
-                f"handshake names instance {message.instance_id!r}, expected {instance_id!r}"
-            )
-    except (AuthenticationFailed, InvalidMessage, Timeout) as exc:
-        _refuse(writer, instance_id, exc)
+        payload = await _first_frame(stream, timeout, "handshake", refuse)
+        hello = rules.check_hello(payload, token, instance_id)
+    except (AuthenticationFailed, Timeout) as exc:
+        if stream.closed is None:
+            refuse(exc)
         if isinstance(exc, AuthenticationFailed):
             raise
         raise AuthenticationFailed(str(exc)) from exc
-    except CommunicationError as exc:
+    except ChannelClosed as exc:
         raise AuthenticationFailed(str(exc)) from exc
-    writer.write(frame(codec.encode(Ack(message.instance_id))))
-    return message
-
-
-def _refuse(writer: asyncio.StreamWriter, instance_id: str | None, reason: Exception) -> None:
-    if writer.is_closing():
-        return
-    error = Error(instance_id or "", f"authentication failed: {reason}", AUTH_FAILED)
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        writer.write(frame(codec.encode(error)))
+    stream.write_raw(rules.accept_frame(hello))
+    stream.authenticated(max_message_size)
+    return hello

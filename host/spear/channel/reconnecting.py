@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spear.channel.base import CommunicationChannel
+from spear.channel.capabilities import ChannelCapabilities
 from spear.errors import ChannelClosed, CommunicationError, Timeout
 from spear.instance_id import RuntimeInstanceId
-from spear.messages import RuntimeMessage
+from spear.protocol.messages import RuntimeMessage
 from spear.stats import ChannelStats
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ReconnectingChannel(CommunicationChannel):
         self._retired = _StatsTotal()
         self._redial_failures = 0
         self.reconnects = 0
+        self._capabilities = ChannelCapabilities(first.capabilities.transport, reconnects=True)
         self._install(first)
 
     def __repr__(self) -> str:
@@ -64,6 +66,11 @@ class ReconnectingChannel(CommunicationChannel):
     @property
     def instance_id(self) -> RuntimeInstanceId:
         return self._instance_id
+
+    @property
+    def capabilities(self) -> ChannelCapabilities:
+        """The current connection's transport (the last one's while redialling); redials."""
+        return self._capabilities
 
     @property
     def connected(self) -> bool:
@@ -99,6 +106,7 @@ class ReconnectingChannel(CommunicationChannel):
 
     def _install(self, inner: CommunicationChannel) -> None:
         self._inner = inner
+        self._capabilities = ChannelCapabilities(inner.capabilities.transport, reconnects=True)
         self._monitor = asyncio.create_task(self._watch(inner))
         self._connected_event.set()
 
@@ -238,4 +246,5 @@ class _StatsTotal:
             requests_completed=done,
             mean_latency_ms=latency / done if done else 0.0,
             uptime_s=asyncio.get_running_loop().time() - self._started,
+            messages_dropped=sum(p.messages_dropped for p in parts),
         )

@@ -1,36 +1,47 @@
-"""`StreamChannel`: the channel over any byte stream (Unix socket, TCP, TLS).
+"""`StreamChannel`: the channel over any framed byte stream (Unix socket, TCP, TLS).
 
 It does not care who dialled whom: the process runtime accepts connections its workers dial,
-while the Kubernetes runtime dials pods that listen. Either way it gets an asyncio
-(reader, writer) pair that has already been authenticated (see `channel.handshake`).
+while the Kubernetes runtime dials pods that listen. Either way it gets a `FrameStream` that
+has already been authenticated (see `channel.handshake`).
 
-The transport's read callback (`StreamTakeover`, installed after the handshake) splits every
-read into frames (`FrameBuffer`) and hands each reply straight to the request waiting for it
-(`PendingRequests`); all writes go through one
-`FrameWriter`, which coalesces the frames written in one loop iteration into one send. No
-task is created per message, which keeps a round trip to a few callbacks.
+Per message it does as little as it can: frames are split and decoded inside the
+transport's read callback, each reply completes the future of the request waiting for it,
+writes made in one loop iteration leave in one send, and deadlines sit in one FIFO per
+distinct timeout behind a single timer. No task is created per message.
+
+Bounded before trusted: at most `HOST_MAX_IN_FLIGHT` requests wait at once (one more fails
+with `TooManyInFlight`), unsolicited messages wait for `receive()` within `HOST_INBOX_BYTES`,
+and a reply nobody waits for is dropped and counted (`ChannelStats.messages_dropped`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
-import socket
 import ssl as ssl_module
 import time
 from collections.abc import Callable
 
-from spear import codec
 from spear.channel.base import CommunicationChannel
-from spear.channel.correlation import PendingRequests
-from spear.channel.handshake import send_handshake
+from spear.channel.capabilities import ChannelCapabilities
+from spear.channel.handshake import present_token
+from spear.channel.inbox import Inbox
 from spear.config import ChannelConfig
-from spear.errors import ChannelClosed, CommunicationError, InvalidMessage, Timeout
+from spear.errors import (
+    ChannelClosed,
+    CommunicationError,
+    DuplicateRequestId,
+    InvalidMessage,
+    Timeout,
+    TooManyInFlight,
+)
 from spear.instance_id import RuntimeInstanceId
-from spear.messages import (
+from spear.protocol import codec
+from spear.protocol.framing import frame
+from spear.protocol.limits import HOST_INBOX_BYTES, HOST_MAX_IN_FLIGHT
+from spear.protocol.messages import (
     Ack,
     Cancel,
     Error,
@@ -41,7 +52,7 @@ from spear.messages import (
     RuntimeMessage,
 )
 from spear.stats import ChannelStats, StatsRecorder
-from spear.transport.frame_io import FrameBuffer, FrameWriter, StreamTakeover
+from spear.transport.frame_stream import FrameStream
 from spear.transport.tcp import dial_tcp
 from spear.transport.unix import dial_unix
 
@@ -49,9 +60,6 @@ log = logging.getLogger(__name__)
 
 # Heartbeats a peer may leave unanswered (with no other traffic either) before it is dead.
 MISSED_HEARTBEATS = 3
-# Unsolicited messages kept for `receive()`; beyond this the oldest reader is too slow.
-INBOX_LIMIT = 10_000
-
 # Distinct request timeouts that get a deadline queue; others fall back to a timer each.
 MAX_DEADLINE_QUEUES = 16
 
@@ -59,53 +67,61 @@ CloseCallback = Callable[["StreamChannel", CommunicationError], None]
 _Deadline = tuple[float, str, "asyncio.Future[RuntimeMessage]"]
 
 _encode = codec.encode
+_encode_request = codec.encode_request
 _decode = codec.decode
 _perf_counter = time.perf_counter
+_NEVER = float("inf")
 
 
 class StreamChannel(CommunicationChannel):
-    """A full-duplex, multiplexed channel over one authenticated stream connection."""
+    """A full-duplex, multiplexed channel over one authenticated framed connection."""
 
     def __init__(
         self,
         instance_id: RuntimeInstanceId,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: FrameStream,
         config: ChannelConfig | None = None,
         *,
+        transport: str = "unix",
         peer: str | None = None,
+        max_in_flight: int = HOST_MAX_IN_FLIGHT,
+        inbox_bytes: int = HOST_INBOX_BYTES,
     ) -> None:
         self._instance_id = instance_id
         self._config = config = config or ChannelConfig()
-        self._reader = reader
-        self._writer = writer
-        self._peer = peer or _describe_peer(writer)
+        self._stream = stream
+        self._capabilities = ChannelCapabilities(transport, notifies_close=True)
+        self._peer = peer or stream.peer()
         self._loop = asyncio.get_running_loop()
-        self._out = FrameWriter(writer)
-        self._frames = FrameBuffer(config.max_message_size)
         self._max_size = config.max_message_size
+        self._max_in_flight = max_in_flight
         self._request_timeout = config.request_timeout
-        self._pending = PendingRequests()
+        self._futures: dict[str, asyncio.Future[RuntimeMessage]] = {}
         self._stats = StatsRecorder()
-        self._inbox = _Inbox(INBOX_LIMIT)
+        self._inbox = Inbox(inbox_bytes)
         self._closed: CommunicationError | None = None
         self._close_callbacks: list[CloseCallback] = []
         self._closed_event = asyncio.Event()
         self._closed_by_peer = False
         self._heartbeat_id: str | None = None
         self._heard = False
-        self._receiver = StreamTakeover(reader, writer, self._on_data, self._on_eof,
-                                        self._on_lost)
         self._deadlines: dict[float, collections.deque[_Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER  # when `_timer` fires
+        self._time = self._loop.time
         self._heartbeat_task: asyncio.Task[None] | None = None
         if config.keepalive_interval_ms > 0:
             self._heartbeat_task = self._loop.create_task(
                 self._heartbeat_loop(config.keepalive_interval_ms / 1000.0),
                 name=f"spear-heartbeat:{instance_id.full_id}",
             )
-        # Last: bytes that arrived with the handshake are dispatched right away.
-        self._receiver.start()
+        stream.authenticated(config.max_message_size)
+        stream.on_frame = self._on_frame
+        stream.on_close = self._on_close
+        if stream.closed is not None:
+            self._on_close(stream.closed if not stream.eof else None)
+        else:
+            stream.release()  # frames that came right behind the handshake
 
     def __repr__(self) -> str:
         state = "open" if self._closed is None else "closed"
@@ -116,6 +132,10 @@ class StreamChannel(CommunicationChannel):
     @property
     def instance_id(self) -> RuntimeInstanceId:
         return self._instance_id
+
+    @property
+    def capabilities(self) -> ChannelCapabilities:
+        return self._capabilities
 
     @property
     def connected(self) -> bool:
@@ -137,14 +157,12 @@ class StreamChannel(CommunicationChannel):
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._futures)
 
     async def send(self, message: RuntimeMessage) -> None:
         """Send one message that expects no reply (or whose reply arrives via `receive`)."""
-        if self._closed is not None:
-            raise ChannelClosed(f"channel to {self._instance_id.full_id} is closed: {self._closed}")
         self._write(self._checked(message))
-        if self._out.needs_drain:
+        if self._stream.needs_drain:
             await self._drain()
 
     async def receive(self) -> RuntimeMessage:
@@ -164,44 +182,57 @@ class StreamChannel(CommunicationChannel):
             raise InvalidMessage(
                 f"request_response takes an ExecutionRequest or HealthCheck, not {cls.__name__}"
             )
-        payload = _encode(request)
+        if self._closed is not None:
+            raise ChannelClosed(f"channel to {self._instance_id.full_id} is closed: {self._closed}")
+        payload = _encode_request(request) if cls is ExecutionRequest else _encode(request)  # type: ignore[arg-type]
         if len(payload) > self._max_size:
             self._checked(request)  # raises, naming the sizes
         request_id: str = request.request_id  # type: ignore[union-attr]
-        future = self._pending.register(request_id)
+        futures = self._futures
+        if request_id in futures:
+            raise DuplicateRequestId(f"request id {request_id!r} is already in flight")
+        if len(futures) >= self._max_in_flight:
+            raise TooManyInFlight(
+                f"channel to {self._instance_id.full_id} already has {len(futures)} requests "
+                f"in flight, its maximum"
+            )
+        # Out first, bookkeeping after: the worker starts on it meanwhile. (Its reply cannot
+        # be read before this coroutine yields, so registering after the write is safe.)
         started = _perf_counter()
-        out = self._out
-        self._stats.sent(out.write(payload))
+        stream = self._stream
+        sent = stream.write(payload)
+        future: asyncio.Future[RuntimeMessage] = self._loop.create_future()
+        futures[request_id] = future
+        stats = self._stats
+        stats.messages_sent += 1
+        stats.bytes_sent += sent
         if timeout is None:
             timeout = self._request_timeout
         handle = self._arm_deadline(request_id, future, timeout) if timeout > 0 else None
         try:
-            if out.needs_drain:
+            if stream.needs_drain:
                 await self._drain()
             reply = await future
         except asyncio.CancelledError:
             # The caller gave up: forget the request and tell the worker to stop working on it.
             if not future.done() or future.cancelled():
-                self._pending.discard(request_id)
+                if futures.get(request_id) is future:
+                    del futures[request_id]
                 self._send_cancel(request_id)
             raise
         finally:
             if handle is not None:
                 handle.cancel()
-        self._stats.completed(_perf_counter() - started)
+        stats.requests_completed += 1
+        stats.latency_total += _perf_counter() - started
         return reply
 
     async def close(self) -> None:
         """Close the connection; requests still in flight fail with `ChannelClosed`."""
         self._shutdown(ChannelClosed(f"channel to {self._instance_id.full_id} was closed"),
                        error=False)
-        # Bounded, and never swallowing the caller's own cancellation.
-        closing = asyncio.ensure_future(self._writer.wait_closed())
-        await asyncio.wait({closing}, timeout=1.0)
-        if not closing.done():
-            closing.cancel()
-        elif not closing.cancelled():
-            closing.exception()  # retrieved: a reset peer is no news here
+        # Give the transport a moment to send what it holds and report the close.
+        await asyncio.sleep(0)
 
     async def get_stats(self) -> ChannelStats:
         return self._stats.snapshot()
@@ -242,12 +273,12 @@ class StreamChannel(CommunicationChannel):
     def _write(self, payload: bytes) -> None:
         if self._closed is not None:
             raise ChannelClosed(f"channel to {self._instance_id.full_id} is closed: {self._closed}")
-        self._stats.sent(self._out.write(payload))
+        self._stats.sent(self._stream.write(payload))
 
     async def _drain(self) -> None:
         try:
-            await self._out.drain()
-        except (ConnectionError, RuntimeError) as exc:
+            await self._stream.drain()
+        except ChannelClosed as exc:
             self._shutdown(ChannelClosed(f"connection lost while writing: {exc}"), error=True)
             raise ChannelClosed(str(self._closed)) from exc
 
@@ -270,20 +301,22 @@ class StreamChannel(CommunicationChannel):
             if len(self._deadlines) >= MAX_DEADLINE_QUEUES:
                 return self._loop.call_later(timeout, self._expire, request_id, future, timeout)
             queue = self._deadlines[timeout] = collections.deque()
-        while queue and queue[0][2].done():
-            queue.popleft()
-        deadline = self._loop.time() + timeout
+        deadline = self._time() + timeout
         queue.append((deadline, request_id, future))
-        if len(queue) > 2 * len(self._pending) + 64:
-            self._deadlines[timeout] = collections.deque(e for e in queue if not e[2].done())
-        if self._timer is None or deadline < self._timer.when():
+        if len(queue) > 2 * len(self._futures) + 64:
+            # Answered requests leave their entries behind; drop them now and then.
+            queue = self._deadlines[timeout] = collections.deque(
+                e for e in queue if not e[2].done())
+        if deadline < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(deadline, self._check_deadlines)
+            self._timer_at = deadline
         return None
 
     def _check_deadlines(self) -> None:
         self._timer = None
+        self._timer_at = _NEVER
         if self._closed is not None:
             return
         now = self._loop.time()
@@ -304,79 +337,78 @@ class StreamChannel(CommunicationChannel):
                 earliest = queue[0][0]
         if earliest is not None:
             self._timer = self._loop.call_at(earliest, self._check_deadlines)
+            self._timer_at = earliest
 
     def _expire(self, request_id: str, future: asyncio.Future[RuntimeMessage],
                 timeout: float) -> None:
         if future.done():
             return
-        self._pending.discard(request_id)
+        if self._futures.get(request_id) is future:
+            del self._futures[request_id]
         self._stats.timeout_errors += 1
         future.set_exception(Timeout(
             f"request {request_id!r} to {self._instance_id.full_id} timed out after {timeout:.3g} s"
         ))
         self._send_cancel(request_id)
 
-    def _on_data(self, data: bytes) -> None:
-        """The transport's read callback: split, decode and dispatch every complete frame."""
-        if self._closed is not None:
-            return
+    def _on_frame(self, payload: memoryview | bytes) -> None:
+        """Every complete frame, inside the transport's read callback."""
+        stats = self._stats
+        stats.messages_received += 1
+        stats.bytes_received += len(payload) + 4
         self._heard = True
-        received = self._stats.received
-        dispatch = self._dispatch
         try:
-            for payload in self._frames.feed(data):
-                received(len(payload) + 4)
-                dispatch(_decode(payload))
-                if self._closed is not None:
-                    return
+            message = _decode(payload)
         except InvalidMessage as exc:
             log.warning("closing channel to %s (%s): invalid message: %s",
                         self._instance_id.full_id, self._peer, exc)
-            with contextlib.suppress(Exception):
-                self._write(_encode(Error("", f"invalid message: {exc}", "invalid_message")))
+            self._stream.write_raw(_error_frame(f"invalid message: {exc}"))
             self._shutdown(ChannelClosed(
                 f"invalid message from {self._instance_id.full_id}: {exc}"), error=True)
-        except Exception as exc:
-            # A bug here must not leave callers waiting forever on a channel nobody reads.
-            log.exception("reader of %s failed", self._instance_id.full_id)
-            self._shutdown(ChannelClosed(
-                f"reader of {self._instance_id.full_id} failed: {exc!r}"), error=True)
-
-    def _on_eof(self) -> None:
-        if self._closed is None:
-            self._closed_by_peer = True
-            self._shutdown(ChannelClosed(
-                f"{self._instance_id.full_id} closed the connection"), error=True)
-
-    def _on_lost(self, exc: Exception | None) -> None:
-        if self._closed is None:
-            if exc is None:
-                self._on_eof()
-            else:
-                self._shutdown(ChannelClosed(
-                    f"connection to {self._instance_id.full_id} lost: {exc}"), error=True)
-
-    def _dispatch(self, message: RuntimeMessage) -> None:
+            return
         cls = type(message)
         if cls is ExecutionResponse or cls is HealthResponse or cls is Ack or cls is Error:
             request_id: str = message.request_id  # type: ignore[union-attr]
+            future = self._futures.pop(request_id, None)
+            if future is not None:
+                if not future.done():
+                    future.set_result(message)
+                return
             if cls is HealthResponse and request_id == self._heartbeat_id:
                 self._heartbeat_id = None
                 return
-            if self._pending.resolve(request_id, message):
-                return
             if cls is Error:
-                self._inbox.put(message)
+                self._deliver(message, len(payload))
                 return
-            log.debug("dropping reply %r from %s: nobody waits for it (timed out or cancelled)",
+            stats.messages_dropped += 1
+            log.debug("dropped a reply to %r from %s: nobody waits for it",
                       request_id, self._instance_id.full_id)
             return
         if cls is HealthCheck:
             self._write(_encode(HealthResponse(message.request_id, "serving", {})))  # type: ignore[union-attr]
             return
-        if not self._inbox.put(message):
-            log.warning("inbox of %s is full; dropping %s", self._instance_id.full_id,
-                        cls.__name__)
+        self._deliver(message, len(payload))
+
+    def _deliver(self, message: RuntimeMessage, size: int) -> None:
+        if not self._inbox.put(message, size):
+            self._stats.messages_dropped += 1
+            log.debug("inbox of %s is full; dropped a %s", self._instance_id.full_id,
+                      type(message).__name__)
+
+    def _on_close(self, error: Exception | None) -> None:
+        if self._closed is not None:
+            return
+        if error is None:
+            self._closed_by_peer = True
+            reason = ChannelClosed(f"{self._instance_id.full_id} closed the connection")
+        elif isinstance(error, InvalidMessage):
+            log.warning("closing channel to %s (%s): %s", self._instance_id.full_id,
+                        self._peer, error)
+            self._stream.write_raw(_error_frame(f"invalid message: {error}"))
+            reason = ChannelClosed(f"invalid message from {self._instance_id.full_id}: {error}")
+        else:
+            reason = ChannelClosed(f"connection to {self._instance_id.full_id} lost: {error}")
+        self._shutdown(reason, error=True)
 
     async def _heartbeat_loop(self, interval: float) -> None:
         missed = 0
@@ -404,19 +436,21 @@ class StreamChannel(CommunicationChannel):
         self._closed = reason
         if error:
             self._stats.connection_errors += 1
-        self._pending.fail_all(reason)
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(reason)
+                future.exception()  # the waiter may have gone; no "never retrieved" warning
         self._inbox.close(reason)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_at = _NEVER
         self._deadlines.clear()
-        current = asyncio.current_task()
         task = self._heartbeat_task
-        if task is not None and task is not current:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
-        with contextlib.suppress(Exception):
-            self._out.flush()  # frames still coalescing (an Error, a Cancel) go out first
-            self._writer.close()
+        self._stream.close()  # frames still coalescing (an Error, a Cancel) go out first
         self._closed_event.set()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
@@ -426,89 +460,28 @@ class StreamChannel(CommunicationChannel):
                 log.exception("close callback of %s failed", self._instance_id.full_id)
 
 
-class _Inbox:
-    """Unsolicited messages waiting for `receive()`; closing wakes every receiver."""
-
-    __slots__ = ("_closed", "_items", "_limit", "_waiters")
-
-    def __init__(self, limit: int) -> None:
-        self._items: collections.deque[RuntimeMessage] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._closed: CommunicationError | None = None
-        self._limit = limit
-
-    def put(self, message: RuntimeMessage) -> bool:
-        if len(self._items) >= self._limit:
-            return False
-        self._items.append(message)
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
-        return True
-
-    def close(self, reason: CommunicationError) -> None:
-        self._closed = reason
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def get(self) -> RuntimeMessage:
-        while not self._items:
-            if self._closed is not None:
-                raise ChannelClosed(str(self._closed))
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                # Pass a wake-up we may have consumed on to the next receiver.
-                if waiter.done() and not waiter.cancelled() and self._items:
-                    self._wake_one()
-                raise
-        return self._items.popleft()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-
-def _describe_peer(writer: asyncio.StreamWriter) -> str:
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return "stream"
-    try:
-        if sock.family == getattr(socket, "AF_UNIX", None):
-            return f"unix:{sock.getsockname() or sock.getpeername() or '?'}"
-        host, port = sock.getpeername()[:2]
-        return f"tcp:{host}:{port}"
-    except OSError:
-        return "stream"
+def _error_frame(text: str) -> bytes:
+    return frame(_encode(Error("", text[:1024], "invalid_message")))
 
 
 async def _establish(
     instance_id: RuntimeInstanceId,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    stream: FrameStream,
     config: ChannelConfig,
     token: str | None,
+    transport: str,
     peer: str,
 ) -> StreamChannel:
     try:
         if token is not None:
-            await send_handshake(
-                reader, writer, instance_id=instance_id.full_id, token=token,
+            await present_token(
+                stream, instance_id=instance_id.full_id, token=token,
                 timeout=config.connect_timeout or 5.0, max_message_size=config.max_message_size,
             )
     except BaseException:
-        writer.close()
+        stream.abort()
         raise
-    return StreamChannel(instance_id, reader, writer, config, peer=peer)
+    return StreamChannel(instance_id, stream, config, transport=transport, peer=peer)
 
 
 async def open_unix_channel(
@@ -520,8 +493,8 @@ async def open_unix_channel(
     ssl: ssl_module.SSLContext | None = None,
 ) -> StreamChannel:
     """Dial the Unix socket at `path`, authenticate with `token` if given, return the channel."""
-    reader, writer = await dial_unix(path, timeout=config.connect_timeout, ssl=ssl)
-    return await _establish(instance_id, reader, writer, config, token, f"unix:{path}")
+    stream = await dial_unix(path, FrameStream, timeout=config.connect_timeout, ssl=ssl)
+    return await _establish(instance_id, stream, config, token, "unix", f"unix:{path}")
 
 
 async def open_tcp_channel(
@@ -533,5 +506,5 @@ async def open_tcp_channel(
     ssl: ssl_module.SSLContext | None = None,
 ) -> StreamChannel:
     """Dial `host:port`, authenticate with `token` if given, return the channel."""
-    reader, writer = await dial_tcp(address, timeout=config.connect_timeout, ssl=ssl)
-    return await _establish(instance_id, reader, writer, config, token, f"tcp:{address}")
+    stream = await dial_tcp(address, FrameStream, timeout=config.connect_timeout, ssl=ssl)
+    return await _establish(instance_id, stream, config, token, "tcp", f"tcp:{address}")

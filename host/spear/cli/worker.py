@@ -11,11 +11,13 @@ worker serves unauthenticated on the address it was given.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from spear.config import DEFAULT_MAX_MESSAGE_SIZE
 from spear.errors import InvalidConfiguration
+from spear.protocol.address import HostPort
+from spear.protocol.environment import ENV_TOKEN as TOKEN_ENV
+from spear.protocol.limits import WORKER_MAX_IN_FLIGHT
 from spear.transport.tls import TlsConfig
 
 
@@ -44,25 +46,35 @@ def register(subparsers: Any) -> None:
                         help="threads for sync handlers (default 32)")
     parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
                         metavar="BYTES")
+    parser.add_argument("--max-in-flight", type=int, default=WORKER_MAX_IN_FLIGHT, metavar="N",
+                        help="requests one host connection or stream may have in flight; more "
+                             f"are answered too_many_requests (default {WORKER_MAX_IN_FLIGHT})")
     parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
                         help="on SIGTERM, wait this long for requests in flight (pods: 25)")
+    parser.add_argument("--allow-remote-shutdown", action="store_true",
+                        help="without a token, still honour a Shutdown message from the "
+                             "network (anyone who can reach the port could stop the worker)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.grpc is None and args.tcp is None:
-        for flag in ("wasm", "token_file", "tls_cert", "tls_key", "tls_client_ca", "health_port"):
-            if getattr(args, flag) is not None:
+        for flag in ("wasm", "token_file", "tls_cert", "tls_key", "tls_client_ca", "health_port",
+                     "allow_remote_shutdown"):
+            if getattr(args, flag) not in (None, False):
                 option = "--" + flag.replace("_", "-")
                 raise InvalidConfiguration(f"{option} needs --grpc or --tcp")
         from spear.worker.__main__ import main as process_worker_main
 
         argv = [args.handler] if args.handler else []
-        argv += ["--max-threads", str(args.max_threads)]
+        argv += ["--max-threads", str(args.max_threads),
+                 "--max-in-flight", str(args.max_in_flight)]
         if args.drain_timeout is not None:
             argv += ["--drain-timeout", str(args.drain_timeout)]
         return int(process_worker_main(argv))
-    return asyncio.run(_serve(args))
+    from spear.worker.event_loop import run as run_loop
+
+    return run_loop(_serve(args))
 
 
 def _tls(args: argparse.Namespace) -> TlsConfig | None:
@@ -75,11 +87,15 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from spear.worker.auth import load_token
-    from spear.worker.dispatcher import Dispatcher, Handler, load_handler
+    from spear.worker.handler import Handler, load_handler
     from spear.worker.pod import PodWorkerConfig, serve_pod
+    from spear.worker.scrub import remove_from_environment
 
     if (args.handler is None) == (args.wasm is None):
         raise InvalidConfiguration("give either MODULE:FUNCTION or --wasm MODULE.wasm")
+    # Read the token, then take it out of the environment before the handler is imported.
+    token = load_token(args.token_file)
+    remove_from_environment([TOKEN_ENV])
     handler: Handler
     if args.wasm is not None:
         from spear.worker.wasm_handler import WasmHandler
@@ -91,14 +107,17 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.health_port is not None:
         if args.grpc is None:
             raise InvalidConfiguration("--health-port needs --grpc")
-        health_address = f"{args.grpc.rpartition(':')[0]}:{args.health_port}"
+        health_address = str(HostPort.parse(args.grpc).with_port(args.health_port))
     config = PodWorkerConfig(
         grpc_address=args.grpc,
         tcp_address=args.tcp,
-        token=load_token(args.token_file),
+        token=token,
         tls=_tls(args),
         health_address=health_address,
         max_message_size=args.max_message_size,
         drain_timeout=25.0 if args.drain_timeout is None else args.drain_timeout,
+        allow_remote_shutdown=args.allow_remote_shutdown,
+        max_threads=args.max_threads,
+        max_in_flight=args.max_in_flight,
     )
-    return await serve_pod(Dispatcher(handler, max_threads=args.max_threads), config)
+    return await serve_pod(handler, config)

@@ -18,14 +18,13 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from spear.channel.base import CommunicationChannel
 from spear.errors import ChannelClosed, CommunicationError
 from spear.invocation.balancer import make_balancer
 from spear.invocation.errors import InstanceStartFailed
 from spear.invocation.function_spec import FunctionSpec
 from spear.invocation.metrics import TransportStats
 from spear.invocation.queue import WaitQueue
-from spear.messages import ExecutionRequest, ExecutionResponse, RuntimeMessage
+from spear.protocol.messages import ExecutionRequest, ExecutionResponse, RuntimeMessage
 from spear.runtime.base import RuntimeInstance
 
 log = logging.getLogger("spear.invocation")
@@ -35,30 +34,9 @@ Stop = Callable[[RuntimeInstance], Awaitable[None]]
 
 
 def transport_of(instance: RuntimeInstance) -> str:
-    """The transport name for metrics: unix, tcp, grpc or memory.
-
-    Asked of the instance (`ProcessInstance.channel_type`), then of the channel (its
-    `channel_type`, or the scheme of its `peer`), looking through a reconnecting wrapper's
-    `current` channel, and last from the channel's class name.
-    """
-    value = getattr(instance, "channel_type", None)
-    if isinstance(value, str) and value:
-        return value
-    channel: object = instance.channel
-    inner = getattr(channel, "current", None)
-    if isinstance(inner, CommunicationChannel):
-        channel = inner
-    value = getattr(channel, "channel_type", None)
-    if isinstance(value, str) and value:
-        return value
-    peer = getattr(channel, "peer", None)
-    if isinstance(peer, str) and peer.partition(":")[0] in ("unix", "tcp"):
-        return peer.partition(":")[0]
-    name = type(channel).__name__.lower()
-    for kind in ("unix", "tcp", "grpc", "memory"):
-        if kind in name:
-            return kind
-    return "memory" if "wasm" in name else name
+    """The transport name for metrics (unix, tcp, grpc or memory), as the channel declares
+    it; a channel that redials reports the transport of its current connection."""
+    return instance.channel.capabilities.transport
 
 
 class Slot:
@@ -291,25 +269,22 @@ class InstancePool:
     def mark_dead(self, slot: Slot, reason: BaseException | str) -> None:
         """Take a slot out of service at once; stop it and restore `target` in the background.
 
-        A channel that redials by itself (it has `wait_connected`, e.g. the Kubernetes
-        runtime's, which follows a restarting pod) is only suspended: it returns to service
-        when it reconnects, and is not replaced meanwhile.
+        An instance that recovers by itself (`RuntimeInstance.recovers`: a Kubernetes
+        channel redials a restarting pod, a process instance with a restart policy is
+        restarted) is only suspended: it returns to service when it is ready again, and is
+        not replaced meanwhile.
         """
         if not slot.alive or slot in self._suspended:
             return
         with contextlib.suppress(ValueError):
             self.slots.remove(slot)
         self.slots_changed()
-        # Kubernetes channels redial a restarting pod; process instances may restart.
-        wait_connected = getattr(slot.channel, "wait_connected", None)
-        if not callable(wait_connected):
-            wait_connected = getattr(slot.instance, "wait_ready", None)
-        if callable(wait_connected) and not self.closed and not slot.draining:
+        if slot.instance.recovers and not self.closed and not slot.draining:
             self._suspended.add(slot)
             log.warning("instance disconnected, waiting for it to reconnect: %s", reason,
                         extra={"function": self.spec.name, "event": "instance_suspended",
                                "instance_id": slot.instance.instance_id.full_id})
-            self.spawn(self._resume_when_connected(slot, wait_connected))
+            self.spawn(self._resume_when_connected(slot, slot.instance.wait_ready))
             return
         slot.alive = False
         log.warning("instance died: %s", reason, extra={

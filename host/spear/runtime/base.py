@@ -20,6 +20,18 @@ class RuntimeInstance:
     def alive(self) -> bool:
         return self.channel.connected
 
+    @property
+    def recovers(self) -> bool:
+        """True when a lost connection comes back by itself: the channel redials (a pod that
+        restarts), or the runtime restarts the instance (a process with a restart policy)."""
+        return self.channel.capabilities.reconnects
+
+    async def wait_ready(self, timeout: float | None = None) -> CommunicationChannel:
+        """The connected channel, once it is (at once if it is now); `ChannelClosed` when
+        it will not be."""
+        await self.channel.wait_connected(timeout)
+        return self.channel
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.instance_id.full_id}>"
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from spear.config import ChannelConfig
 from spear.errors import CommunicationError, InvalidConfiguration
 from spear.instance_id import RuntimeInstanceId, RuntimeType
+from spear.protocol.address import HostPort, format_host_port
 from spear.runtime.base import RuntimeInstance
 
 if TYPE_CHECKING:
@@ -39,10 +40,6 @@ ChangeCallback = Callable[[list[RuntimeInstance], list[RuntimeInstance]], object
 
 class DiscoveryFailed(CommunicationError):
     """Discovery could not answer this time (DNS server down, API error); keep what we have."""
-
-
-def format_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +96,8 @@ class StaticDiscovery(Discovery):
 def _as_endpoint(value: Endpoint | str) -> Endpoint:
     if isinstance(value, Endpoint):
         return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise InvalidConfiguration(f"{value!r} is not a HOST:PORT endpoint")
-    return Endpoint(host.strip("[]"), int(port))
+    parsed = HostPort.parse(value)
+    return Endpoint(parsed.host, parsed.port)
 
 
 async def getaddrinfo_resolver(name: str, port: int) -> list[str]:

@@ -1,13 +1,15 @@
 """The process runtime: functions run in child processes that dial back over a private socket.
 
-For each instance the host opens one endpoint of its own — a Unix socket in a 0700
-directory (the socket itself 0600), or TCP on 127.0.0.1 with an ephemeral port when the
-Unix socket cannot be used — and starts the child with the endpoint, its instance id and a
-fresh token in its environment (`spear.worker.environment`). The first connection that
-presents the token within the authentication timeout becomes the instance's channel;
-connections that say anything else first, present a wrong token or stay silent are closed
-without disturbing the wait for the right one. The listener is closed (and the socket file
-removed) as soon as the worker is in.
+Channels come from the `CommunicationFactory`, like every other runtime's: the process
+strategy (Unix socket, then TCP on loopback) is walked by listen-and-accept connectors (see
+`spear.channel.rendezvous`). For each attempt the host opens one endpoint of its own — a Unix
+socket in a 0700 directory (the socket itself 0600), or TCP on 127.0.0.1 with an ephemeral
+port — and starts the child with the endpoint, its instance id and a fresh token in its
+environment (`spear.protocol.environment`). The first connection that presents the token
+within the authentication timeout becomes the instance's channel; connections that say
+anything else first, present a wrong token or stay silent are closed without disturbing the
+wait for the right one. The listener is closed (and the socket file removed) as soon as the
+worker is in.
 
 Stopping is graceful first (`Shutdown`: the worker finishes what is in flight), then SIGTERM,
 then SIGKILL, to the child's whole process group. A supervisor task per instance notices a
@@ -23,7 +25,6 @@ import collections
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -31,25 +32,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spear.channel.handshake import accept_handshake
+from spear.channel.factory import CommunicationFactory
+from spear.channel.rendezvous import Invitation
+from spear.channel.strategy import CommunicationStrategy
 from spear.channel.stream import StreamChannel
 from spear.config import ChannelConfig
 from spear.errors import (
-    AuthenticationFailed,
     ChannelClosed,
-    ChannelCreationFailed,
     CommunicationError,
-    ConnectionFailed,
     InvalidConfiguration,
     Timeout,
     UnsupportedChannel,
 )
 from spear.instance_id import RuntimeInstanceId, RuntimeType
-from spear.messages import Shutdown
+from spear.protocol.environment import Endpoint, WorkerEnvironment
+from spear.protocol.messages import Shutdown
 from spear.runtime.base import Runtime, RuntimeInstance
-from spear.transport.tcp import listen_tcp
-from spear.transport.unix import listen_unix, make_private_dir, remove_socket, socket_path
-from spear.worker.environment import Endpoint, WorkerEnvironment
+from spear.transport.unix import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +181,10 @@ class ProcessInstance(RuntimeInstance):
         """The last lines the current child wrote to stderr (they are also logged)."""
         return list(self._connection.stderr_tail)
 
+    @property
+    def recovers(self) -> bool:
+        return self._spec.restart_policy.restarts_on_failure
+
     async def wait_ready(self, timeout: float | None = None) -> StreamChannel:
         """The live channel, waiting through a restart if one is under way.
 
@@ -236,6 +239,9 @@ class ProcessRuntime(Runtime):
         """
         self._channel_order = _check_types(channel_order)
         self._config = config or ChannelConfig()
+        order = self._channel_order
+        self._factory = CommunicationFactory({RuntimeType.PROCESS: CommunicationStrategy(
+            RuntimeType.PROCESS, order[0], order[1:], self._config)})
         self._restart_policy = restart_policy or RestartPolicy()
         self._base_dir = base_dir
         self._auth_timeout = auth_timeout
@@ -311,6 +317,7 @@ class ProcessRuntime(Runtime):
         try:
             await self._terminate(instance._connection, graceful=True)
         finally:
+            await self._factory.close_channel(instance.instance_id)
             instance.returncode = instance._connection.process.returncode
             instance._mark_gone(ChannelClosed(f"{instance.instance_id.full_id} was stopped"))
             self._instances.pop(instance.instance_id, None)
@@ -325,6 +332,7 @@ class ProcessRuntime(Runtime):
         for instance, result in zip(instances, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("stopping %s failed: %s", instance.instance_id.full_id, result)
+        await self._factory.close_all_channels()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
             self._runtime_dir = None
@@ -332,121 +340,29 @@ class ProcessRuntime(Runtime):
     # -- launching ----------------------------------------------------------------------
 
     async def _launch(self, spec: _Spec) -> _Connection:
-        if spec.config.channel_type is not None:
-            order: tuple[str, ...] = _check_types([spec.config.channel_type])
-        else:
-            order = self._channel_order
-        attempted: list[str] = []
-        causes: list[BaseException] = []
-        for kind in order:
-            try:
-                return await self._launch_over(kind, spec)
-            except (CommunicationError, OSError) as exc:
-                log.info("could not connect %s over %s: %s", spec.instance_id.full_id, kind, exc)
-                attempted.append(kind)
-                causes.append(exc)
-        raise ChannelCreationFailed(RuntimeType.PROCESS, attempted, causes)
+        """Start the child through the factory: each channel type in the strategy listens on
+        its own private endpoint and invites a fresh child to dial in."""
+        ident = spec.instance_id
+        started: list[_Child] = []
+
+        async def start_peer(endpoint: Endpoint, token: str) -> _Child:
+            child = await _Child.spawn(spec, endpoint, token)
+            started.append(child)
+            return child
+
+        label = f"{ident.namespace}.{ident.instance_id}" if ident.namespace else ident.instance_id
+        invitation = Invitation(start_peer, self._ensure_runtime_dir, label, self._auth_timeout)
+        channel = await self._factory.create_channel_for_instance(
+            ident, spec.config, accept=invitation)
+        assert isinstance(channel, StreamChannel) and started
+        child = started[-1]
+        return _Connection(child.process, channel, channel.peer,
+                           channel.capabilities.transport, child.exited, child.pumps, child.tail)
 
     def _ensure_runtime_dir(self) -> str:
         if self._runtime_dir is None:
             self._runtime_dir = make_private_dir(self._base_dir)
         return self._runtime_dir
-
-    async def _launch_over(self, kind: str, spec: _Spec) -> _Connection:
-        loop = asyncio.get_running_loop()
-        ident = spec.instance_id
-        token = secrets.token_urlsafe(32)
-        accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            loop.create_future()
-        )
-        endpoint_label = kind
-
-        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if accepted.done():
-                writer.close()
-                return
-            try:
-                await accept_handshake(
-                    reader, writer, token=token, timeout=self._auth_timeout,
-                    max_message_size=spec.config.max_message_size, instance_id=ident.full_id,
-                )
-            except AuthenticationFailed as exc:
-                log.warning("rejected a connection to %s on %s: %s", ident.full_id,
-                            endpoint_label, exc)
-                writer.close()
-                return
-            except Exception:
-                log.exception("handshake on %s failed", endpoint_label)
-                writer.close()
-                return
-            if accepted.done():
-                writer.close()
-            else:
-                accepted.set_result((reader, writer))
-
-        socket_file: str | None = None
-        if kind == "unix":
-            label = ident.instance_id
-            if ident.namespace:
-                label = f"{ident.namespace}.{label}"
-            socket_file = socket_path(self._ensure_runtime_dir(), label)
-            remove_socket(socket_file)  # a leftover from an earlier launch of this instance
-            server = await listen_unix(socket_file, on_client)
-            endpoint = Endpoint("unix", socket_file)
-        else:
-            server, address = await listen_tcp(on_client)
-            endpoint = Endpoint("tcp", address)
-        endpoint_label = str(endpoint)
-
-        process: asyncio.subprocess.Process | None = None
-        pumps: list[asyncio.Task[None]] = []
-        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        exited: asyncio.Task[int] | None = None
-        try:
-            env = dict(os.environ)
-            env.update(spec.env)
-            env.setdefault("PYTHONUNBUFFERED", "1")
-            env.update(WorkerEnvironment(endpoint, ident.full_id, token,
-                                         spec.config.max_message_size).to_environ())
-            process = await asyncio.create_subprocess_exec(
-                *spec.command, env=env, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-            pumps = _start_pumps(process, ident, tail)
-            exited = loop.create_task(process.wait(), name=f"spear-wait:{process.pid}")
-            timeout = spec.config.connect_timeout or None
-            waiters: set[asyncio.Future[Any]] = {accepted, exited}
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not accepted.done():
-                if exited.done():
-                    # Let the pumps catch the last stderr lines for the error message.
-                    await asyncio.wait(pumps, timeout=0.5)
-                    raise ConnectionFailed(
-                        f"worker exited with {_describe_exit(exited.result())} before "
-                        f"connecting over {endpoint_label}{_format_tail(tail)}"
-                    )
-                raise Timeout(f"worker did not connect over {endpoint_label} within "
-                              f"{spec.config.connect_timeout_ms} ms")
-            reader, writer = accepted.result()
-        except BaseException:
-            if not accepted.done():
-                accepted.cancel()
-            if process is not None:
-                await _kill_group(process)
-                if exited is not None:
-                    # Reap it even when we are being cancelled (the original error wins).
-                    with contextlib.suppress(BaseException):
-                        await asyncio.wait_for(asyncio.shield(exited), 5.0)
-                for pump in pumps:
-                    pump.cancel()
-            raise
-        finally:
-            server.close()
-            if socket_file is not None:
-                remove_socket(socket_file)
-        channel = StreamChannel(ident, reader, writer, spec.config, peer=endpoint_label)
-        return _Connection(process, channel, endpoint_label, kind, exited, pumps, tail)
 
     # -- supervision --------------------------------------------------------------------
 
@@ -466,6 +382,7 @@ class ProcessRuntime(Runtime):
                 ))
                 log.warning("%s is gone: %s", ident.full_id, instance._gone)
                 self._instances.pop(ident, None)
+                await self._factory.close_channel(ident)
                 return
             while True:
                 if instance.restarts >= policy.max_restarts:
@@ -475,6 +392,7 @@ class ProcessRuntime(Runtime):
                     ))
                     log.error("%s", instance._gone)
                     self._instances.pop(ident, None)
+                    await self._factory.close_channel(ident)
                     return
                 delay = policy.backoff(instance.restarts)
                 log.warning("%s failed (%s); restarting in %.3g s", ident.full_id, failure, delay)
@@ -534,6 +452,53 @@ class ProcessRuntime(Runtime):
             await asyncio.wait(connection.pumps, timeout=1.0)
             for pump in connection.pumps:
                 pump.cancel()
+
+
+class _Child:
+    """One started child: what the rendezvous watches (`gone`) and can send away
+    (`abandon`) while it waits for the child to dial in."""
+
+    def __init__(self, process: asyncio.subprocess.Process, ident: RuntimeInstanceId) -> None:
+        self.process = process
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.pumps = _start_pumps(process, ident, self.tail)
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Task[int] = loop.create_task(
+            process.wait(), name=f"spear-wait:{process.pid}")
+        self._gone: asyncio.Task[str] = loop.create_task(self._why_gone())
+
+    @classmethod
+    async def spawn(cls, spec: _Spec, endpoint: Endpoint, token: str) -> _Child:
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(WorkerEnvironment(endpoint, spec.instance_id.full_id, token,
+                                     spec.config.max_message_size).to_environ())
+        process = await asyncio.create_subprocess_exec(
+            *spec.command, env=env, cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        return cls(process, spec.instance_id)
+
+    @property
+    def gone(self) -> asyncio.Future[str]:
+        return self._gone
+
+    async def _why_gone(self) -> str:
+        code = await asyncio.shield(self.exited)
+        # Let the pumps catch the last stderr lines for the error message.
+        await asyncio.wait(self.pumps, timeout=0.5)
+        return f"worker exited with {_describe_exit(code)}{_format_tail(self.tail)}"
+
+    async def abandon(self) -> None:
+        await _kill_group(self.process)
+        # Reap it even when we are being cancelled (the original error wins).
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(self.exited), 5.0)
+        self._gone.cancel()
+        for pump in self.pumps:
+            pump.cancel()
 
 
 def _check_types(order: Iterable[str]) -> tuple[str, ...]:

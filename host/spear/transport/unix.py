@@ -7,27 +7,30 @@ directory and each socket is chmod-ed to 0600 before it starts listening.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import socket
-import ssl as ssl_module
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from spear.errors import ConnectionFailed, Timeout
+
+if TYPE_CHECKING:
+    # Imported where it is used: a worker that only needs the blocking helpers here starts
+    # without loading asyncio or ssl.
+    import asyncio
+    import ssl as ssl_module
 
 # sizeof(sockaddr_un.sun_path) minus the terminating NUL: 108 on Linux, 104 on the BSDs.
 UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
-STREAM_LIMIT = 1 << 20  # StreamReader buffer before it pauses the transport
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
-ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+P = TypeVar("P", bound="asyncio.BaseProtocol")
 
 
 def default_base_dir() -> str:
@@ -91,12 +94,14 @@ def bind_private_socket(path: str, *, mode: int = 0o600, backlog: int = 16) -> s
     return sock
 
 
-async def listen_unix(path: str, on_client: ClientCallback, *, mode: int = 0o600
-                      ) -> asyncio.Server:
-    """Serve `on_client(reader, writer)` on a private socket at `path`."""
+async def listen_unix(path: str, protocol_factory: Callable[[], asyncio.BaseProtocol], *,
+                      mode: int = 0o600) -> asyncio.Server:
+    """Serve connections on a private socket at `path`, one protocol object each."""
+    import asyncio
+
     sock = bind_private_socket(path, mode=mode)
     try:
-        return await asyncio.start_unix_server(on_client, sock=sock, limit=STREAM_LIMIT)
+        return await asyncio.get_running_loop().create_unix_server(protocol_factory, sock=sock)
     except BaseException:
         sock.close()
         remove_socket(path)
@@ -109,16 +114,37 @@ def remove_socket(path: str) -> None:
 
 
 async def dial_unix(
-    path: str, *, timeout: float, ssl: ssl_module.SSLContext | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    path: str, protocol_factory: Callable[[], P], *, timeout: float,
+    ssl: ssl_module.SSLContext | None = None,
+) -> P:
     """Connect to `path`; `ConnectionFailed` (or `Timeout`) names the path and the cause."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout if timeout > 0 else None):
-            return await asyncio.open_unix_connection(
-                path, ssl=ssl, limit=STREAM_LIMIT,
+            _, protocol = await loop.create_unix_connection(
+                protocol_factory, path, ssl=ssl,
                 server_hostname="localhost" if ssl is not None else None,
             )
     except TimeoutError:
         raise Timeout(f"connecting to unix:{path} took longer than {timeout:.3g} s") from None
-    except (OSError, ssl_module.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError too
         raise ConnectionFailed(f"cannot connect to unix:{path}: {exc}") from exc
+    return protocol
+
+
+def connect_unix_socket(path: str, *, timeout: float) -> socket.socket:
+    """A blocking connection to `path` (the worker side); errors as for `dial_unix`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout if timeout > 0 else None)
+        sock.connect(path)
+    except TimeoutError:
+        sock.close()
+        raise Timeout(f"connecting to unix:{path} took longer than {timeout:.3g} s") from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectionFailed(f"cannot connect to unix:{path}: {exc}") from exc
+    sock.settimeout(None)
+    return sock

@@ -1,11 +1,19 @@
 """The pod worker's gRPC server: the `SpearRuntime` service and `grpc.health.v1.Health`.
 
 `Channel` is one long-lived stream per host. Each incoming `Envelope` holds a batch of
-spear.codec messages; every `ExecutionRequest` runs as its own task on the shared
-`Dispatcher`, and replies go back through a single writer that sends whatever has queued up
-while its previous write was in flight as one `Envelope`. Many requests in flight therefore
-cost far fewer gRPC messages than requests. `Execute` is the typed unary call for simple
-clients.
+encoded messages, handed one by one to the stream's `WorkerSession` (the same message switch
+the socket server uses, so every rule of docs/wire-protocol.md holds here too); replies go
+back through a single writer that sends whatever has queued up while its previous write was
+in flight as one `Envelope`. Many requests in flight therefore cost far fewer gRPC messages
+than requests. `Execute` is the typed unary call for simple clients.
+
+Bounded before trusted: a call without the right token is refused by an interceptor before
+its request message is read (a 60 MiB unauthenticated `Execute` costs nothing), failures are
+logged in aggregate, and once the failure budget is spent each further failure is held for
+`TARPIT` seconds (a bounded number at a time) before its refusal. After authentication a
+stream may have `WORKER_MAX_IN_FLIGHT` requests in flight (more are answered
+`too_many_requests`) and `WORKER_OUTBOX_BYTES` of replies waiting for the host; beyond that
+the worker stops reading the stream until the host takes some.
 
 Health: the overall service (`""`) and `spear.runtime.v1.SpearRuntime` are `SERVING` while the
 worker takes work and `NOT_SERVING` from the moment it starts draining (SIGTERM or a
@@ -18,26 +26,28 @@ with TLS it can be served on a separate plaintext port (`health_address`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from spear.codec import decode, encode
-from spear.config import DEFAULT_MAX_MESSAGE_SIZE
 from spear.errors import InvalidMessage
-from spear.messages import (
-    Cancel,
-    Error,
+from spear.protocol.admission import Admission
+from spear.protocol.codec import encode
+from spear.protocol.limits import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    IDLE_TIMEOUT,
+    WORKER_MAX_IN_FLIGHT,
+    WORKER_OUTBOX_BYTES,
+)
+from spear.protocol.messages import (
     ExecutionRequest,
     ExecutionResponse,
     ExecutionStatus,
-    HealthCheck,
-    HealthResponse,
     Shutdown,
 )
 from spear.transport.grpc.batching import Outbox, batch_limit, receive_limit, write_batches
@@ -46,6 +56,7 @@ from spear.transport.grpc.generated import spear_runtime_pb2_grpc as pb_grpc
 from spear.transport.tls import TlsConfig
 from spear.worker.auth import token_from_metadata, token_matches
 from spear.worker.dispatcher import Dispatcher
+from spear.worker.session import RESPONSE_TOO_LARGE, WorkerSession
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,13 @@ SERVICE_NAME = "spear.runtime.v1.SpearRuntime"
 # Stays SERVING while the process is alive, draining or not: the liveness probe asks for it,
 # so a pod that is draining (readiness NOT_SERVING) is not also restarted as "dead".
 LIVENESS_SERVICE = "liveness"
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Once the failure budget is spent, each failed call waits this long before its refusal...
+TARPIT = 1.0
+# ...at most this many at a time (more are refused at once).
+MAX_TARPITTED = 32
+# Streams (calls) one connection may have open at once.
+MAX_CONCURRENT_STREAMS = 64
 
 _STATUS_TO_PB = {
     ExecutionStatus.SUCCESS: pb.ExecuteResponse.SUCCESS,
@@ -76,19 +94,61 @@ def server_options(max_message_size: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         # A second worker on a busy port must fail, not silently share it.
         ("grpc.so_reuseport", 0),
+        # Bounded before trusted: calls per connection, and connections that carry none.
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.max_connection_idle_ms", int(IDLE_TIMEOUT * 1000)),
     ]
 
 
-class _Session:
-    """One host's stream: its outbox and the requests it has in flight."""
+class TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without the right token before their request is read.
 
-    __slots__ = ("ended", "outbox", "tasks")
+    Health is open (kubelet probes cannot present a token). A refused call is answered
+    UNAUTHENTICATED by a streaming handler that never reads the request, so the body of a
+    hostile call is never received beyond gRPC's flow-control window.
+    """
 
-    def __init__(self) -> None:
-        self.outbox = Outbox()
-        self.tasks: dict[str, asyncio.Future[ExecutionResponse]] = {}
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self.admission = Admission("gRPC worker", log)
+        self._tarpit = asyncio.Semaphore(MAX_TARPITTED)
+        self._deny = grpc.stream_unary_rpc_method_handler(self._refuse)
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any,
+    ) -> Any:
+        method: str = details.method or ""
+        if method.startswith(_HEALTH_PREFIX):
+            return await continuation(details)
+        if token_matches(token_from_metadata(details.invocation_metadata), self._token):
+            return await continuation(details)
+        return self._deny
+
+    async def _refuse(self, request_iterator: Any, context: Any) -> None:
+        throttled = self.admission.throttled()
+        self.admission.charge("missing or wrong token")
+        if throttled and not self._tarpit.locked():
+            async with self._tarpit:
+                await asyncio.sleep(TARPIT)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong spear token")
+
+
+class _Stream:
+    """One host's stream: its session, outbox and reading."""
+
+    __slots__ = ("ended", "outbox", "session")
+
+    def __init__(self, dispatcher: Dispatcher, max_message_size: int, max_in_flight: int,
+                 allow_shutdown: bool, on_shutdown: Callable[[Shutdown], None] | None,
+                 metrics: Callable[[], dict[str, float]]) -> None:
+        self.outbox = Outbox(WORKER_OUTBOX_BYTES)
         # Resolved when the stream should end: the host half-closed, or the worker drained.
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.session = WorkerSession(
+            dispatcher, self.outbox.put, max_message_size=max_message_size,
+            max_in_flight=max_in_flight, allow_shutdown=allow_shutdown, on_shutdown=on_shutdown,
+            on_idle=self.end, metrics=metrics,
+        )
 
     def end(self) -> None:
         if not self.ended.done():
@@ -100,42 +160,41 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         self,
         dispatcher: Dispatcher,
         *,
-        token: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_in_flight: int = WORKER_MAX_IN_FLIGHT,
+        allow_shutdown: bool = True,
         on_shutdown: Callable[[Shutdown], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
-        self._token = token
         self._max = max_message_size
+        self._max_in_flight = max_in_flight
+        self._allow_shutdown = allow_shutdown
         self._on_shutdown = on_shutdown
-        self._sessions: set[_Session] = set()
+        self._streams: set[_Stream] = set()
         self._notice: bytes | None = None  # the Shutdown every stream gets once draining
         self._ended = False
 
     @property
     def streams(self) -> int:
-        return len(self._sessions)
+        return len(self._streams)
 
     def end_streams(self) -> None:
         """End every stream cleanly (status OK) once queued replies are sent: the drain is
         over, and hosts should not wait for the server's grace period to find out."""
         self._ended = True
-        for session in self._sessions:
-            session.end()
+        for stream in self._streams:
+            stream.end()
 
     def announce(self, message: Shutdown) -> None:
-        """Tell every connected host (unsolicited) that this worker is going away."""
+        """Tell every connected host (unsolicited) that this worker is going away, and
+        refuse new requests on every stream."""
         payload = self._notice = encode(message)
-        for session in self._sessions:
-            session.outbox.put(payload)
+        for stream in self._streams:
+            stream.session.begin_drain()
+            stream.outbox.put(payload)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if self._token is None:
-            return
-        presented = token_from_metadata(context.invocation_metadata())
-        if not token_matches(presented, self._token):
-            log.warning("rejected a call from %s: missing or wrong token", context.peer())
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong spear token")
+    def _metrics(self) -> dict[str, float]:
+        return {"streams": float(len(self._streams))}
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -143,117 +202,62 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         self, request_iterator: AsyncIterator[pb.Envelope],
         context: grpc.aio.ServicerContext[pb.Envelope, pb.Envelope],
     ) -> None:
-        await self._authenticate(context)
         # Registered before the host learns it is accepted, so a drain that starts right
         # after still reaches this stream.
-        session = _Session()
-        self._sessions.add(session)
+        stream = _Stream(self._dispatcher, self._max, self._max_in_flight,
+                         self._allow_shutdown, self._on_shutdown, self._metrics)
+        self._streams.add(stream)
         if self._notice is not None:
-            session.outbox.put(self._notice)
+            stream.session.begin_drain()
+            stream.outbox.put(self._notice)
         if self._ended:
-            session.end()
+            stream.end()
         writer: asyncio.Task[None] | None = None
         reader: asyncio.Task[None] | None = None
         try:
             # Initial metadata tells the host it got past authentication before it sends work.
             await context.send_initial_metadata((("spear-protocol", "1"),))
-            writer = asyncio.create_task(write_batches(session.outbox, context.write,
+            writer = asyncio.create_task(write_batches(stream.outbox, context.write,
                                                        batch_limit(self._max)))
-            reader = asyncio.create_task(self._read_stream(session, context))
-            await session.ended
-            session.outbox.close()
+            reader = asyncio.create_task(self._read_stream(stream, context))
+            await stream.ended
+            stream.outbox.close()
             await writer  # the replies already queued still go out
         finally:
-            self._sessions.discard(session)
-            session.outbox.close()
-            pending: list[asyncio.Future[Any] | None] = [reader, writer,
-                                                          *session.tasks.values()]
-            for task in pending:
+            self._streams.discard(stream)
+            stream.outbox.close()
+            for call in stream.session.close():
+                if call.on_cancel is not None:
+                    call.on_cancel()
+            for task in (reader, writer):
                 if task is not None and not task.done():
                     task.cancel()
 
     async def _read_stream(
-        self, session: _Session, context: grpc.aio.ServicerContext[pb.Envelope, pb.Envelope],
+        self, stream: _Stream, context: grpc.aio.ServicerContext[pb.Envelope, pb.Envelope],
     ) -> None:
+        session = stream.session
         try:
             while True:
+                # Back-pressure: while the host does not take its replies, take no more work.
+                await stream.outbox.wait_for_room()
                 envelope = await context.read()
                 if envelope is grpc.aio.EOF:
                     break
                 for payload in envelope.messages:
-                    self._handle(session, payload)
-            # The host half-closed: finish what it asked for, then end the stream.
-            if session.tasks:
-                await asyncio.wait(list(session.tasks.values()))
+                    # A bad message is answered with an error; the stream's framing is intact.
+                    with contextlib.suppress(InvalidMessage):
+                        session.handle(payload)
+            # The host half-closed: finish what it asked for (the session ends the stream
+            # when the last reply is queued), then end the stream.
+            if not session.begin_drain():
+                await stream.ended
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the call is over (cancelled, connection lost)
             log.debug("stream from %s ended: %s", context.peer(), exc)
         finally:
-            session.end()
-
-    def _handle(self, session: _Session, payload: bytes) -> None:
-        try:
-            message = decode(payload)
-        except InvalidMessage as exc:
-            session.outbox.put(encode(Error("", str(exc), "invalid_message")))
-            return
-        kind = type(message)
-        if kind is ExecutionRequest:
-            assert isinstance(message, ExecutionRequest)
-            rid = message.request_id
-            if len(payload) > self._max:
-                session.outbox.put(encode(ExecutionResponse(
-                    rid, b"", ExecutionStatus.ERROR,
-                    f"request of {len(payload)} bytes exceeds this worker's maximum of "
-                    f"{self._max} bytes", "too_large")))
-                return
-            if rid in session.tasks:
-                session.outbox.put(encode(Error(rid, "request id already in flight", "duplicate")))
-                return
-            running = self._dispatcher.submit(message)
-            session.tasks[rid] = running
-            running.add_done_callback(partial(self._finished, session, rid))
-        elif kind is HealthCheck:
-            assert isinstance(message, HealthCheck)
-            status = "draining" if self._dispatcher.draining else "serving"
-            metrics = {"in_flight": float(self._dispatcher.in_flight),
-                       "streams": float(len(self._sessions))}
-            session.outbox.put(encode(HealthResponse(message.request_id, status, metrics)))
-        elif kind is Cancel:
-            assert isinstance(message, Cancel)
-            cancelled = session.tasks.get(message.request_id)
-            if cancelled is not None:
-                cancelled.cancel()
-        elif kind is Shutdown:
-            assert isinstance(message, Shutdown)
-            if self._on_shutdown is not None:
-                self._on_shutdown(message)
-        else:
-            log.debug("ignoring unexpected %s on a gRPC stream", kind.__name__)
-
-    def _finished(
-        self, session: _Session, rid: str, done: asyncio.Future[ExecutionResponse]
-    ) -> None:
-        if session.tasks.get(rid) is done:
-            del session.tasks[rid]
-        if done.cancelled():
-            return  # the host cancelled it (or the stream is gone): nobody wants the reply
-        error = done.exception()
-        if error is not None:
-            log.error("dispatcher failed on %r", rid, exc_info=error)
-            response = ExecutionResponse(rid, b"", ExecutionStatus.ERROR,
-                                         f"{type(error).__name__}: {error}", "internal_error")
-        else:
-            response = done.result()
-        try:
-            payload = encode(response)
-        except InvalidMessage as exc:
-            payload = encode(ExecutionResponse(rid, b"", ExecutionStatus.ERROR, str(exc),
-                                               "internal_error"))
-        if len(payload) > self._max:
-            payload = encode(_too_large(rid, len(payload), self._max, response))
-        session.outbox.put(payload)
+            stream.end()
 
     # -- unary ----------------------------------------------------------------------------------
 
@@ -261,7 +265,6 @@ class SpearRuntimeService(pb_grpc.SpearRuntimeServicer):
         self, request: pb.ExecuteRequest,
         context: grpc.aio.ServicerContext[pb.ExecuteRequest, pb.ExecuteResponse],
     ) -> pb.ExecuteResponse:
-        await self._authenticate(context)
         execution = ExecutionRequest(
             request.request_id or uuid.uuid4().hex, request.function_name, request.input,
             request.timeout_ms, dict(request.metadata),
@@ -284,7 +287,7 @@ def _too_large(
     return ExecutionResponse(
         request_id, b"", ExecutionStatus.ERROR,
         f"response of {size} bytes exceeds the maximum message size of {limit} bytes",
-        "too_large", response.execution_time_ms,
+        RESPONSE_TOO_LARGE, response.execution_time_ms,
     )
 
 
@@ -304,13 +307,19 @@ class GrpcWorkerServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         health_address: str | None = None,
         on_shutdown: Callable[[Shutdown], None] | None = None,
+        allow_remote_shutdown: bool = False,
+        max_in_flight: int = WORKER_MAX_IN_FLIGHT,
     ) -> None:
         self._dispatcher = dispatcher
         self._tls = tls
         self._health_address = health_address
         self._options = server_options(max_message_size)
+        self.token_check = TokenCheck(token) if token is not None else None
         self.service = SpearRuntimeService(
-            dispatcher, token=token, max_message_size=max_message_size, on_shutdown=on_shutdown
+            dispatcher, max_message_size=max_message_size, on_shutdown=on_shutdown,
+            max_in_flight=max_in_flight,
+            # A worker without a token would take a Shutdown from anyone who can reach it.
+            allow_shutdown=token is not None or allow_remote_shutdown,
         )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -319,7 +328,8 @@ class GrpcWorkerServer:
         self.health_port = 0
 
     async def start(self, address: str) -> int:
-        server = grpc.aio.server(options=self._options)
+        interceptors = [self.token_check] if self.token_check is not None else []
+        server = grpc.aio.server(options=self._options, interceptors=interceptors)
         pb_grpc.add_SpearRuntimeServicer_to_server(  # type: ignore[no-untyped-call]
             self.service, server
         )

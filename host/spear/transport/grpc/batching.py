@@ -32,26 +32,48 @@ def receive_limit(max_message_size: int) -> int:
 
 
 class Outbox:
-    """Encoded messages waiting for one stream's writer."""
+    """Encoded messages waiting for one stream's writer, counted in bytes.
 
-    __slots__ = ("_closed", "_items", "_ready")
+    `put` never refuses (a reply must not be lost); producers that can wait call
+    `wait_for_room()` first, which returns once the queue is below `limit` bytes.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_closed", "_items", "_ready", "_room", "_size", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
         self._items: list[bytes] = []
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._closed = False
+        self._size = 0
+        self.limit = limit
 
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def size(self) -> int:
+        """Bytes queued."""
+        return self._size
+
     def put(self, payload: bytes) -> None:
         self._items.append(payload)
+        self._size += len(payload)
         self._ready.set()
+        if self.limit is not None and self._size >= self.limit:
+            self._room.clear()
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than `limit` bytes are queued (or the outbox is closed)."""
+        while not self._room.is_set() and not self._closed:
+            await self._room.wait()
 
     def close(self) -> None:
         """No more messages; the writer sends what is queued, then stops."""
         self._closed = True
         self._ready.set()
+        self._room.set()
 
     async def take(self, max_bytes: int) -> list[bytes]:
         """Everything queued up to `max_bytes` (always at least one message); [] once closed
@@ -64,12 +86,19 @@ class Outbox:
         items = self._items
         total = 0
         for index, item in enumerate(items):
-            total += len(item)
-            if total > max_bytes and index > 0:
+            if total + len(item) > max_bytes and index > 0:
                 self._items = items[index:]
+                self._taken(total)
                 return items[:index]
+            total += len(item)
         self._items = []
+        self._taken(total)
         return items
+
+    def _taken(self, count: int) -> None:
+        self._size -= count
+        if self.limit is None or self._size < self.limit:
+            self._room.set()
 
 
 async def write_batches(

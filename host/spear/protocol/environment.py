@@ -8,7 +8,9 @@ written in any language (see docs/wire-protocol.md):
     SPEAR_TOKEN              the one-time secret the Handshake presents
     SPEAR_MAX_MESSAGE_SIZE   optional: the largest frame payload the host accepts (bytes)
 
-Both sides build and parse these here, so the names exist once.
+Both sides build and parse these here, so the names exist once. The worker takes the token
+out of its environment (`spear.worker.scrub`) before any handler code runs, so neither the handler
+nor its children can read it there.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from spear.config import DEFAULT_MAX_MESSAGE_SIZE
 from spear.errors import InvalidConfiguration
+from spear.protocol.address import HostPort
+from spear.protocol.limits import DEFAULT_MAX_MESSAGE_SIZE
 
 ENV_ENDPOINT = "SPEAR_ENDPOINT"
 ENV_INSTANCE_ID = "SPEAR_INSTANCE_ID"
@@ -42,6 +45,8 @@ class Endpoint:
             )
         if not self.address:
             raise InvalidConfiguration(f"{self.kind} endpoint needs an address")
+        if self.kind == "tcp":
+            HostPort.parse(self.address)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.address}"
@@ -86,6 +91,11 @@ class WorkerEnvironment:
         return cls(
             Endpoint.parse(env[ENV_ENDPOINT]), env[ENV_INSTANCE_ID], env[ENV_TOKEN], max_size
         )
+
+    @staticmethod
+    def token_variables() -> tuple[str, ...]:
+        """The variables that carry a secret and must not outlive start-up."""
+        return (ENV_TOKEN,)
 
     def to_environ(self) -> dict[str, str]:
         """The variables to give a child process."""
