@@ -68,10 +68,15 @@ def test_module_reports_its_handlers_and_abi_version(
     assert not multi.has_dispatch
 
 
-def test_loading_a_missing_file_is_execution_failed(tmp_path: Path) -> None:
-    with pytest.raises(spear.ExecutionFailed, match="cannot read module") as info:
+def test_loading_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
         wasm.load(tmp_path / "nope.wasm")
-    assert info.value.code == "io"
+    assert info.value.filename == str(tmp_path / "nope.wasm")
+
+
+def test_loading_a_directory_raises_the_os_error(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError):
+        wasm.load(tmp_path)
 
 
 def test_loading_bytes_that_are_not_wasm_is_a_clear_error() -> None:

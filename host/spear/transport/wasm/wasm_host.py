@@ -22,6 +22,7 @@ from spear.transport.wasm.capi import error_message, ffi, lib, one_line
 from spear.transport.wasm.compiled_module import CompiledModule
 from spear.transport.wasm.engine import Engine, EngineOptions
 from spear.transport.wasm.linker import Linker
+from spear.transport.wasm.module_info import ModuleInfo
 from spear.transport.wasm.module_cache import (
     DEFAULT_CACHE_MAX_BYTES,
     ModuleCache,
@@ -57,12 +58,24 @@ class WasmHost:
     def load(self, source: str | Path | bytes | bytearray | memoryview, *,
              memory_limit: int | None = None, fuel: int | None = None,
              cache_dir: Path | bool | None = True, setup_timeout: float | None = None,
-             name: str | None = None) -> WasmModule:
-        """Compile (or take from the caches) a spear guest module; see `spear.wasm.load`."""
+             name: str | None = None, host_functions: Any = None, config: Any = None,
+             wasi: Any = None) -> WasmModule:
+        """Compile (or take from the caches) a spear guest or WASI command; see
+        `spear.wasm.load`."""
         from spear.transport.wasm.module import WasmModule
 
         return WasmModule._load(self, source, memory_limit=memory_limit, fuel=fuel,
-                                cache_dir=cache_dir, setup_timeout=setup_timeout, name=name)
+                                cache_dir=cache_dir, setup_timeout=setup_timeout, name=name,
+                                host_functions=host_functions, config=config, wasi=wasi)
+
+    def describe(self, source: str | Path | bytes | bytearray | memoryview, *,
+                 cache_dir: Path | bool | None = True) -> ModuleInfo:
+        """What any module is (kind, imports, exports, memories), without running or linking
+        it; see `spear.wasm.describe`."""
+        from spear.transport.wasm.module import read_module
+
+        wasm, _ = read_module(source)
+        return self.compiled(wasm, EngineOptions(), cache_dir).info
 
     def compiled(self, wasm: bytes, options: EngineOptions,
                  cache_dir: Path | bool | None) -> CompiledModule:

@@ -13,11 +13,16 @@ import cffi
 
 HERE = Path(__file__).resolve().parent
 MODULE = "spear.transport.wasm._fastcall"
+# Python functions the C code calls (attached with `ffi.def_extern`, see host_calls.py).
+PYTHON_CALLBACKS = """
+extern "Python" size_t spear_py_host(intptr_t index, void *data, void *caller,
+                                     spear_val_t *args);
+"""
 
 
 def make_builder() -> cffi.FFI:
     builder = cffi.FFI()
-    builder.cdef((HERE / "fastcall.h").read_text())
+    builder.cdef((HERE / "fastcall.h").read_text() + PYTHON_CALLBACKS)
     builder.set_source(
         MODULE,
         '#include "fastcall.c"',

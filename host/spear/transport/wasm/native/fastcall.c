@@ -151,6 +151,37 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
     return ((int64_t)f->out_len << 32) | f->out_ptr;
 }
 
+/* ---------------------------------------------------------------- host functions */
+
+typedef void *(*caller_context_fn)(void *caller);
+typedef void *(*context_get_data_fn)(const void *context);
+
+static caller_context_fn host_caller_context;
+static context_get_data_fn host_context_get_data;
+
+/* Defined by cffi (build_fastcall.py declares it `extern "Python"`). */
+static size_t spear_py_host(intptr_t index, void *data, void *caller, spear_val_t *args);
+
+void spear_host_api(void *caller_context, void *context_get_data)
+{
+    host_caller_context = (caller_context_fn)caller_context;
+    host_context_get_data = (context_get_data_fn)context_get_data;
+}
+
+size_t spear_host_trampoline(void *env, void *caller, spear_val_t *args, size_t nargs)
+{
+    (void)nargs;
+    void *data = host_context_get_data(host_caller_context(caller));
+    return spear_py_host((intptr_t)env, data, caller, args);
+}
+
+size_t spear_host_now(void *env, void *caller, spear_val_t *args, size_t nargs)
+{
+    (void)env; (void)caller; (void)nargs;
+    args[0].i64 = (int64_t)now_ns();
+    return 0;
+}
+
 /* The common call: no metadata. Fewer arguments cost less to pass. */
 int64_t spear_call(spear_fast_t *f, const spear_handler_t *h,
                    const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,

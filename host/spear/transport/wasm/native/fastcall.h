@@ -55,6 +55,24 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
                         uint64_t budget_ns, const uint8_t *meta, uint32_t meta_len,
                         uint32_t meta_count);
 
+/* wasmtime_val_raw_t (16 bytes): a host function's arguments in, its results out. */
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+} spear_val_t;
+
+/* Host functions defined with wasmtime_linker_define_func_unchecked point at these
+ * callbacks. `spear_host_trampoline` finds the calling instance's data (the store's data
+ * pointer) and enters the Python implementation number `(intptr_t)env` through cffi's
+ * `extern "Python"` (no libffi closure); `spear_host_now` needs no Python at all.
+ * `spear_host_api` hands over the two wasmtime functions they use, once. */
+void spear_host_api(void *caller_context, void *context_get_data);
+size_t spear_host_trampoline(void *env, void *caller, spear_val_t *args, size_t nargs);
+size_t spear_host_now(void *env, void *caller, spear_val_t *args, size_t nargs);
+
 /* Ticker bookkeeping for guest entries made from Python (atomic, like the C calls'). */
 void spear_ticker_enter(spear_ticker_t *t);
 void spear_ticker_leave(spear_ticker_t *t);
