@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from spear.transport.wasm import abi
-from spear.transport.wasm.capi import TRAP_INTERRUPT, WASM_I32, WASM_I64, error_message, ffi, lib
+from spear.transport.wasm.capi import (
+    EXTERN_MEMORY,
+    TRAP_INTERRUPT,
+    WASM_I32,
+    WASM_I64,
+    error_message,
+    ffi,
+    lib,
+)
 from spear.transport.wasm.guest_log import LEVELS, MAX_LOG_LINE
 from spear.transport.wasm.guest_memory import GuestFault
 from spear.transport.wasm.instance_context import InstanceContext
@@ -69,20 +77,26 @@ def _trap(message: str) -> int:
     return int(ffi.cast("size_t", lib.wasmtime_trap_new(encoded, len(encoded))))
 
 
+def trap_for(exc: BaseException, context: Any, label: str) -> int:
+    """The trap (as an address) that stops the guest for what a host call raised."""
+    if isinstance(exc, GuestFault):
+        return _trap(str(exc))
+    if isinstance(exc, GuestInterrupted):
+        return int(ffi.cast("size_t", lib.wasmtime_trap_new_code(TRAP_INTERRUPT)))
+    if isinstance(exc, GuestAbort):
+        if context is not None:
+            context.abort = exc.cause
+        return _trap(str(exc))
+    return _trap(f"{label}: host error: {type(exc).__name__}: {exc}")
+
+
 def _run(implementation: Implementation, label: str, context: InstanceContext, caller: Any,
          args: Any) -> int:
     """Run one host call; what it raises becomes a trap (0: returned normally)."""
     try:
         implementation(context, caller, args)
-    except GuestFault as fault:
-        return _trap(str(fault))
-    except GuestInterrupted:
-        return int(ffi.cast("size_t", lib.wasmtime_trap_new_code(TRAP_INTERRUPT)))
-    except GuestAbort as abort:
-        context.abort = abort.cause
-        return _trap(str(abort))
-    except Exception as exc:  # a host bug must not unwind through wasm frames
-        return _trap(f"{label}: host error: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # nothing may unwind through wasm frames
+        return trap_for(exc, context, label)
     return 0
 
 
@@ -118,10 +132,26 @@ def _native_index(function: HostImport) -> int:
     return len(_NATIVE_ENTRIES) - 1
 
 
+def _address(symbol: str) -> Any:
+    return native_ffi.cast("void *", int(ffi.cast("uintptr_t", ffi.addressof(lib, symbol))))
+
+
 if native is not None:
-    native.spear_host_api(native_ffi.cast("void *", int(ffi.cast("uintptr_t", ffi.addressof(
-        lib, "wasmtime_caller_context")))), native_ffi.cast("void *", int(ffi.cast(
-            "uintptr_t", ffi.addressof(lib, "wasmtime_context_get_data")))))
+    _EXTERN_SIZE = ffi.sizeof("wasmtime_extern_t")
+    if _EXTERN_SIZE > 64:
+        raise ImportError(f"wasmtime_extern_t is {_EXTERN_SIZE} bytes; the native helper "
+                          "allows 64")
+    native.spear_host_api(native_ffi.new("spear_host_api_t *", {
+        "caller_context": _address("wasmtime_caller_context"),
+        "context_get_data": _address("wasmtime_context_get_data"),
+        "caller_export_get": _address("wasmtime_caller_export_get"),
+        "memory_data": _address("wasmtime_memory_data"),
+        "memory_data_size": _address("wasmtime_memory_data_size"),
+        "trap_new": _address("wasmtime_trap_new"),
+        "extern_size": _EXTERN_SIZE,
+        "extern_of": ffi.offsetof("wasmtime_extern_t", "of"),
+        "extern_memory": EXTERN_MEMORY,
+    }))
     _native_from_handle = native_ffi.from_handle
 
     @native_ffi.def_extern()  # type: ignore[untyped-decorator]

@@ -23,7 +23,7 @@ from typing import Any
 
 from spear.transport.wasm import abi
 from spear.transport.wasm.capi import WASM_I32
-from spear.transport.wasm.host_calls import GuestAbort, GuestInterrupted, HostImport
+from spear.transport.wasm.host_calls import GuestAbort, GuestInterrupted, HostImport, trap_for
 from spear.transport.wasm.host_functions import (
     DeadlinePassed,
     HostFunction,
@@ -33,6 +33,7 @@ from spear.transport.wasm.host_functions import (
     run_async,
 )
 from spear.transport.wasm.instance_context import InstanceContext
+from spear.transport.wasm.native_call import native_ffi
 
 _get_ident = threading.get_ident
 _LEN = int.to_bytes
@@ -105,7 +106,39 @@ def _host_result(context: InstanceContext, caller: Any, args: Any) -> None:
     args[0].i32 = len(held)
 
 
+if native_ffi is not None:
+    _from_handle = native_ffi.from_handle
+    _unpack = native_ffi.unpack
+    _memmove = native_ffi.memmove
+    _cast = native_ffi.cast
+
+    @native_ffi.def_extern()  # type: ignore[untyped-decorator]
+    def spear_py_host_call(data: Any, name: Any, name_len: int, input: Any, input_len: int,
+                           out: Any, out_cap: int, out_len: Any, trap: Any) -> int:
+        """`host_call` after native/fastcall.c checked every pointer against memory."""
+        context = None
+        try:
+            context = _from_handle(data)
+            context.held = None
+            context.host_failure = None
+            found = context.bindings.functions.get(_unpack(name, name_len))
+            if found is None:
+                return abi.ERR_NOT_FOUND
+            output, failed = _invoke(context, found[0], found[1], _unpack(input, input_len))
+            size = len(output)
+            out_len[0] = size
+            if size <= out_cap:
+                _memmove(out, output, size)
+                return abi.ERR_HOST_FUNCTION if failed else abi.OK
+            context.held = output
+            return abi.ERR_HOST_FUNCTION if failed else abi.ERR_BUFFER_TOO_SMALL
+        except Exception as exc:  # nothing may unwind through wasm frames
+            trap[0] = _cast("void *", trap_for(exc, context, "spear.host_call"))
+            return 0
+
+
 HOST_FUNCTION_IMPORTS = (
-    HostImport(abi.IMPORT_MODULE, "host_call", (WASM_I32,) * 7, (WASM_I32,), _host_call),
+    HostImport(abi.IMPORT_MODULE, "host_call", (WASM_I32,) * 7, (WASM_I32,), _host_call,
+               native="spear_host_call_cb"),
     HostImport(abi.IMPORT_MODULE, "host_result", (WASM_I32,) * 2, (WASM_I32,), _host_result),
 )

@@ -17,6 +17,9 @@ MODULE = "spear.transport.wasm._fastcall"
 PYTHON_CALLBACKS = """
 extern "Python" size_t spear_py_host(intptr_t index, void *data, void *caller,
                                      spear_val_t *args);
+extern "Python" int32_t spear_py_host_call(void *data, const char *name, uint32_t name_len,
+                                           const char *input, uint32_t input_len, char *out,
+                                           uint32_t out_cap, uint32_t *out_len, void **trap);
 """
 
 
