@@ -188,12 +188,38 @@ def test_inspect_json_is_machine_readable(spear_cli: Cli, wasm_fixture: Fixture)
     assert len(info["sha256"]) == 64
 
 
-def test_inspect_a_file_that_is_not_a_guest_is_one_error_line(
+def test_inspect_describes_a_plain_module_too(spear_cli: Cli, tmp_path: Path) -> None:
+    import wasmtime
+
+    module = tmp_path / "plain.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        '(module (import "env" "f" (func (param i32) (result i64)))'
+        ' (memory (export "memory") 1 3))'))
+    done = spear_cli("inspect", module)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "kind:        plain module" in text
+    assert "env.f" in text and "(i32) -> (i64)" in text
+    assert "at least 1 pages (64 KiB), at most 3 pages (192 KiB)" in text
+    info = json.loads(spear_cli("inspect", module, "--json").stdout)
+    assert info["kind"] == "plain" and info["abi_version"] is None and info["handlers"] == []
+    assert info["memories"][0]["max_bytes"] == 3 * 65536
+    assert info["imports"] == [{"module": "env", "name": "f", "kind": "func",
+                                "type": "(i32) -> (i64)"}]
+
+
+def test_inspect_of_a_spear_guest_that_fails_to_load_describes_it_and_says_why(
     spear_cli: Cli, tmp_path: Path
 ) -> None:
     import wasmtime
 
-    module = tmp_path / "plain.wasm"
-    module.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    module = tmp_path / "half.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1)'
+        ' (func (export "spear_abi_version") (result i32) (i32.const 1)))'))
     done = spear_cli("inspect", module)
-    assert_one_error_line(done, "not a spear guest")
+    assert done.returncode == 1
+    assert "kind:        spear ABI" in done.stdout.decode()
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith("spear: error:") and "not a spear guest" in line
+    assert "spear_init" in line

@@ -72,11 +72,16 @@ class CommandSession:
         self._lock = threading.Lock()
         self._closed = False
         self._pre = module.compiled.instance_pre  # links now: a bad import fails here
+        self._names = frozenset({START})
         module.host.track(self)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def answer_as_start(self, name: str) -> None:
+        """Run `_start` when called as `name` too (a deployed function's own name)."""
+        self._names = self._names | {name}
 
     def memory_size(self) -> int:
         """No instance lives between calls."""
@@ -95,7 +100,7 @@ class CommandSession:
             encode_metadata(metadata)  # checked like any call's; a command cannot see it
         elif metadata is not None and not isinstance(metadata, dict):
             encode_metadata(metadata)
-        if function != START:
+        if function not in self._names:
             return CallFailure(False, f"module is a WASI command: its only function is "
                                f"{START!r}, not {function[:200]!r}", "no_such_handler")
         if len(input) > self.max_message_size:

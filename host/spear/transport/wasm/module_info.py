@@ -136,17 +136,16 @@ def describe_type(kind: int, externtype: Any) -> str:
     if kind == EXTERN_MEMORY:
         low, high, is64, shared = _memory(externtype)
         limits = f"{low}..{high}" if high is not None else f"{low}.."
-        return (f"{'memory64' if is64 else 'memory'} {limits} pages"
-                f"{' shared' if shared else ''}")
+        return f"{limits} pages{' 64-bit' if is64 else ''}{' shared' if shared else ''}"
     if kind == EXTERN_TABLE:
         tabletype = lib.wasm_externtype_as_tabletype_const(externtype)
         limits = lib.wasm_tabletype_limits(tabletype)
         high = "" if limits.max == 0xFFFFFFFF else str(limits.max)
-        return f"table {_valtype(lib.wasm_tabletype_element(tabletype))} {limits.min}..{high}"
+        return f"{_valtype(lib.wasm_tabletype_element(tabletype))} {limits.min}..{high}"
     if kind == EXTERN_GLOBAL:
         globaltype = lib.wasm_externtype_as_globaltype_const(externtype)
         mutable = "mut " if lib.wasm_globaltype_mutability(globaltype) else ""
-        return f"global {mutable}{_valtype(lib.wasm_globaltype_content(globaltype))}"
+        return f"{mutable}{_valtype(lib.wasm_globaltype_content(globaltype))}"
     return "unknown"
 
 
