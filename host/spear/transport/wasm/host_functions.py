@@ -65,8 +65,9 @@ class HostFunction:
         if type(self.inline_safe) is not bool:
             raise TypeError("inline_safe must be a bool")
         target = self.function
-        is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-            getattr(target, "__call__", None))
+        is_async = inspect.iscoroutinefunction(target) or (
+            not inspect.isroutine(target)
+            and inspect.iscoroutinefunction(type(target).__call__))  # an async __call__
         object.__setattr__(self, "is_async", is_async)
         if is_async and self.inline_safe:
             raise InvalidConfiguration("an async host function cannot be inline_safe: "

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from spear.transport.wasm.capi import error_message, ffi, lib
-from spear.transport.wasm.engine import Engine
 from spear.transport.wasm.config_import import CONFIG_FUNCTIONS
+from spear.transport.wasm.engine import Engine
 from spear.transport.wasm.host_calls import SPEAR_FUNCTIONS, HostCallTable
 from spear.transport.wasm.host_function_imports import HOST_FUNCTION_IMPORTS
 from spear.transport.wasm.managed import Managed

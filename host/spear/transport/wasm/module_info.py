@@ -3,12 +3,12 @@
 `spear inspect` and `spear.wasm.describe` report this for every module; loading uses the
 kind to decide how the module is called:
 
-| kind | what makes it one | how spear calls it |
-|---|---|---|
-| `spear` | exports `spear_abi_version`, `spear_init` or `spear_reserve` | handlers, through the ABI |
-| `wasi_command` | exports `_start` | `call("_start", input)`: stdin in, stdout out, fresh instance per call |
-| `wasi_reactor` | exports `_initialize` (and is neither of the above) | not callable: refused at load |
-| `plain` | anything else | not callable: refused at load |
+- `spear`: exports `spear_abi_version`, `spear_init` or `spear_reserve`; called by handler
+  name, through the ABI (docs/wasm-abi.md);
+- `wasi_command`: exports `_start` (and is not a spear guest); `call("_start", input)` runs
+  it with input as stdin and returns its stdout, a fresh instance per call;
+- `wasi_reactor`: exports `_initialize` (and is neither of the above): refused at load;
+- `plain`: anything else: refused at load.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def describe_type(kind: int, externtype: Any) -> str:
     if kind == EXTERN_TABLE:
         tabletype = lib.wasm_externtype_as_tabletype_const(externtype)
         limits = lib.wasm_tabletype_limits(tabletype)
-        high = "" if limits.max == 0xFFFFFFFF else str(limits.max)
-        return f"{_valtype(lib.wasm_tabletype_element(tabletype))} {limits.min}..{high}"
+        most = "" if limits.max == 0xFFFFFFFF else str(limits.max)
+        return f"{_valtype(lib.wasm_tabletype_element(tabletype))} {limits.min}..{most}"
     if kind == EXTERN_GLOBAL:
         globaltype = lib.wasm_externtype_as_globaltype_const(externtype)
         mutable = "mut " if lib.wasm_globaltype_mutability(globaltype) else ""

@@ -11,9 +11,9 @@ from typing import Any
 from spear.transport.wasm.capi import ffi
 from spear.transport.wasm.guest import LiveGuest
 from spear.transport.wasm.guest_memory import GuestMemory
+from spear.transport.wasm.instance_context import InstanceContext
 from spear.transport.wasm.native_call import FUNCTIONS, from_native, native, native_ffi, to_native
 from spear.transport.wasm.ticker import EpochTicker
-from spear.transport.wasm.instance_context import InstanceContext
 from spear.transport.wasm.traps import CallFailure, CallResult, GuestTrap, application_error
 
 FAST_TRAPPED = -1

@@ -142,7 +142,7 @@ class WasiContextBuilder:
                                            ffi.new("const char *[]", values)):
                 raise ExecutionFailed("WASI environment must be valid UTF-8", "wasi")
         for guest, host in self.config.preopens.items():
-            if not lib.wasi_config_preopen_dir(config, host.encode(), guest.encode(),
+            if not lib.wasi_config_preopen_dir(config, str(host).encode(), guest.encode(),
                                                not self.config.read_only):
                 raise ExecutionFailed(
                     f"cannot open host directory {host!r} for the guest as {guest!r}", "wasi")

@@ -22,15 +22,16 @@ from spear.transport.wasm.capi import error_message, ffi, lib, one_line
 from spear.transport.wasm.compiled_module import CompiledModule
 from spear.transport.wasm.engine import Engine, EngineOptions
 from spear.transport.wasm.linker import Linker
-from spear.transport.wasm.module_info import ModuleInfo
 from spear.transport.wasm.module_cache import (
     DEFAULT_CACHE_MAX_BYTES,
     ModuleCache,
     default_cache_dir,
 )
+from spear.transport.wasm.module_info import ModuleInfo
 from spear.transport.wasm.module_lru import DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_MODULES, ModuleLRU
 
 if TYPE_CHECKING:
+    from spear.transport.wasm.command_session import CommandSession
     from spear.transport.wasm.module import WasmModule
     from spear.transport.wasm.session import GuestSession
 
@@ -50,7 +51,7 @@ class WasmHost:
         self.modules = ModuleLRU(max_modules, max_module_bytes)
         self._cache_max_bytes = cache_max_bytes
         self._caches: collections.OrderedDict[Path, ModuleCache] = collections.OrderedDict()
-        self._sessions: weakref.WeakSet[GuestSession] = weakref.WeakSet()
+        self._sessions: weakref.WeakSet[GuestSession | CommandSession] = weakref.WeakSet()
         self._closed = False
 
     # ------------------------------------------------------------------ loading
@@ -163,7 +164,7 @@ class WasmHost:
 
     # ------------------------------------------------------------------ instances
 
-    def track(self, session: GuestSession) -> None:
+    def track(self, session: GuestSession | CommandSession) -> None:
         with self._lock:
             if self._closed:
                 raise ChannelClosed("this WASM host is closed")
