@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,29 @@ def test_serve_config_names_bad_wasm_keys(tmp_path: Path) -> None:
         parse_config({"functions": [{"name": "f", "runtime": "wasm", "artifact": "f.wasm",
                                      "limits": {"loop_budget_ms": 0}}]}, base_dir=tmp_path,
                      source="test")
+
+
+async def test_auto_dispatch_learns_how_long_the_guest_took_not_how_late_the_loop_noticed(
+    runtime: Any, host_call_wasm: Path,
+) -> None:
+    # After every call handed to the instance's thread, the loop is kept busy for 200 ms: a
+    # handler timed from the loop would look slow (200 ms > the 50 ms threshold) and never
+    # come back inline; timed on the thread it takes microseconds and does.
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def transform(data: bytes) -> bytes:
+        seen.append(threading.get_ident())
+        return data
+
+    channel = await start(runtime, host_call_wasm,
+                          config=ChannelConfig(extra={"inline_threshold_us": "50000"}),
+                          host_functions={"transform": wasm.HostFunction(transform,
+                                                                         inline_safe=True)})
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        loop.call_soon(time.sleep, 0.2)  # runs while the call is on the thread
+        assert (await call(channel, "relay", b"x")).output_data == b"x"
+    assert loop_thread not in seen
+    assert (await call(channel, "relay", b"y")).output_data == b"y"
+    assert seen[-1] == loop_thread  # the fourth call ran inline

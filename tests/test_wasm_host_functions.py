@@ -402,3 +402,33 @@ def test_both_call_paths_answer_host_calls_alike(call_path: str, host_call_wasm:
         assert instance.call("tiny", b"abcdefgh") == b"-4 8 -4 8 ABCDEFGH"
         assert instance.call("config", b"k") == b"v"
         assert instance.call("relay", b"x" * 100_000) == b"X" * 100_000
+
+
+# A guest whose spear_init grows memory and puts the control block and the request buffer in
+# the new page: the host must look at memory as it is after spear_init.
+GROWING_INIT = """
+(module
+  (memory (export "memory") 1)
+  (func (export "spear_abi_version") (result i32) (i32.const 1))
+  (func (export "spear_init") (param i32) (result i32)
+    (drop (memory.grow (i32.const 2)))
+    (i32.store (i32.const 65536) (i32.const 0x52455053))
+    (i32.store (i32.const 65540) (i32.const 1))
+    (i32.store (i32.const 65544) (i32.const 131072))
+    (i32.store (i32.const 65548) (i32.const 65536))
+    (i32.const 65536))
+  (func (export "spear_reserve") (param i32) (result i32) (i32.const 1))
+  (func (export "spear.handler.echo") (result i32)
+    (i32.store (i32.const 65600) (i32.load (i32.const 65568)))
+    (i32.store (i32.const 65604) (i32.load (i32.const 65572)))
+    (i32.const 0)))
+"""
+
+
+@in_child
+def test_a_guest_whose_init_grows_memory_loads_and_answers(call_path: str) -> None:
+    module = wasm.load(bytes(wasmtime.wat2wasm(GROWING_INIT)))
+    with module.instantiate() as instance:
+        assert instance.memory_size == 3 * 65536
+        assert instance.call("echo", b"in the grown page") == b"in the grown page"
+        assert instance.call("echo", b"x" * 60000) == b"x" * 60000
