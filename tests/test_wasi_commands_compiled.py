@@ -90,9 +90,8 @@ def test_a_compiled_command_exit_code_3_raises_execution_failed_naming_it(
     command_wasm: Path,
 ) -> None:
     module = wasm.load(command_wasm, wasi=wasm.WasiConfig(env={"EXIT": "3"}))
-    with module.instantiate() as instance:
-        with pytest.raises(spear.ExecutionFailed) as info:
-            instance.call("_start", b"")
+    with module.instantiate() as instance, pytest.raises(spear.ExecutionFailed) as info:
+        instance.call("_start", b"")
     assert "exited with code 3" in str(info.value) and "exiting with 3" in str(info.value)
     assert info.value.error_code == 3 and info.value.code == "exit:3"
     zero = wasm.load(command_wasm, wasi=wasm.WasiConfig(env={"EXIT": "0"}))
@@ -121,7 +120,7 @@ def test_a_preopened_directory_is_read_only_unless_granted(tmp_path: Path) -> No
 
 
 def test_without_preopens_a_command_sees_no_files(tmp_path: Path) -> None:
-    module, data = _files_command(tmp_path)
+    module, _ = _files_command(tmp_path)
     with module.instantiate(wasi=wasm.WasiConfig(args=["files"])) as instance:
         output = instance.call("_start", b"").decode()
     assert "read refused" in output and "write refused" in output

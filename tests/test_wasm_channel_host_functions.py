@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import spear
-from spear import ChannelConfig, ExecutionRequest, ExecutionResponse, ExecutionStatus
-from spear import wasm
+from spear import ChannelConfig, ExecutionRequest, ExecutionResponse, ExecutionStatus, wasm
 from spear.channel.memory import MemoryChannel
 from spear.instance_id import RuntimeType
 from spear.invocation.function_spec import FunctionSpec

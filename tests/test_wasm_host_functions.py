@@ -348,9 +348,9 @@ def test_pointers_outside_memory_trap_the_guest_with_a_clear_message() -> None:
     (i32.const 0))""")
     module = wasm.load(source, host_functions={"transform": upper})
     with module.instantiate() as instance:
-        with pytest.raises(spear.ExecutionFailed, match="spear.host_call output: pointer out"):
+        with pytest.raises(spear.ExecutionFailed, match=r"spear\.host_call output: pointer out"):
             instance.call("bad", b"")
-        with pytest.raises(spear.ExecutionFailed, match="spear.config_get key: pointer out"):
+        with pytest.raises(spear.ExecutionFailed, match=r"spear\.config_get key: pointer out"):
             instance.call("badkey", b"")
 
 

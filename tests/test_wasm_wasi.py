@@ -151,17 +151,15 @@ def test_wasi_env_and_stdin_reach_a_spear_guest() -> None:
 def test_wasi_stdout_can_be_logged_under_the_function_name(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="spear.guest"):
-        with reader(stdout="log") as instance:
-            instance.call("print", b"")
+    with caplog.at_level(logging.INFO, logger="spear.guest"), reader(stdout="log") as instance:
+        instance.call("print", b"")
     lines = [r for r in caplog.records if getattr(r, "stream", None) == "stdout"]
     assert [r.getMessage() for r in lines] == ["line one", "line two", "partial"]
     assert {r.handler for r in lines[:2]} == {"print"}  # type: ignore[attr-defined]
     assert all(r.levelno == logging.INFO for r in lines)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="spear.guest"):
-        with reader() as instance:  # stdout is discarded by default
-            instance.call("print", b"")
+    with caplog.at_level(logging.INFO, logger="spear.guest"), reader() as instance:
+        instance.call("print", b"")  # stdout is discarded by default
     assert not [r for r in caplog.records if getattr(r, "stream", None) == "stdout"]
 
 

@@ -72,9 +72,8 @@ def test_arguments_follow_the_module_name() -> None:
 
 
 def test_a_spinning_command_is_interrupted_at_the_deadline_and_the_next_call_works() -> None:
-    with wasm.load(cmd.SPIN).instantiate() as instance:
-        with pytest.raises(spear.Timeout):
-            instance.call("_start", b"", timeout=0.2)
+    with wasm.load(cmd.SPIN).instantiate() as instance, pytest.raises(spear.Timeout):
+        instance.call("_start", b"", timeout=0.2)
     with wasm.load(cmd.RUNS).instantiate() as instance:
         assert instance.call("_start", b"", timeout=5.0) == b"1"
 
@@ -135,18 +134,19 @@ def test_a_command_stderr_is_logged_under_the_function_name(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     module = wasm.load(cmd.ENV_AND_STDIN, wasi=wasm.WasiConfig(args=["x"]))
-    with caplog.at_level(logging.WARNING, logger="spear.guest"):
-        with module.instantiate(label="tool-1") as instance:
-            with pytest.raises(spear.ExecutionFailed):
-                instance.call("_start", b"")
+    with (caplog.at_level(logging.WARNING, logger="spear.guest"),
+          module.instantiate(label="tool-1") as instance,
+          pytest.raises(spear.ExecutionFailed)):
+        instance.call("_start", b"")
     (record,) = [r for r in caplog.records if r.getMessage() == "failing"]
     assert record.handler == "_start" and record.instance == "tool-1"  # type: ignore[attr-defined]
     assert record.stream == "stderr"  # type: ignore[attr-defined]
     discarded = wasm.load(cmd.ENV_AND_STDIN, wasi=wasm.WasiConfig(args=["x"], stderr="discard"))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="spear.guest"):
-        with discarded.instantiate() as instance, pytest.raises(spear.ExecutionFailed) as info:
-            instance.call("_start", b"")
+    with (caplog.at_level(logging.WARNING, logger="spear.guest"),
+          discarded.instantiate() as instance,
+          pytest.raises(spear.ExecutionFailed) as info):
+        instance.call("_start", b"")
     assert "failing" in str(info.value)  # still in the error
     assert not [r for r in caplog.records if r.getMessage() == "failing"]
 
