@@ -246,3 +246,17 @@ async def test_auto_dispatch_learns_how_long_the_guest_took_not_how_late_the_loo
     assert loop_thread not in seen
     assert (await call(channel, "relay", b"y")).output_data == b"y"
     assert seen[-1] == loop_thread  # the fourth call ran inline
+
+
+async def test_an_async_host_function_works_from_the_start_function_of_a_runtime_instance(
+    runtime: Any,
+) -> None:
+    from test_wasm_host_functions import START_CALLS_TRANSFORM
+
+    async def transform(data: bytes) -> bytes:
+        await asyncio.sleep(0)
+        return b"awaited at start"
+
+    channel = await start(runtime, START_CALLS_TRANSFORM, "starter",
+                          host_functions={"transform": transform})
+    assert (await call(channel, "get", b"")).output_data == b"awaited at start"

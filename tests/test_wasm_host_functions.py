@@ -314,6 +314,18 @@ def guest(body: str, start: str = "") -> bytes:
 """))
 
 
+# Calls host function "transform" from its start function; handler `get` returns the result.
+START_CALLS_TRANSFORM = guest(
+    start="""
+  (func $init
+    (drop (call $call (i32.const 100) (i32.const 9) (i32.const 0) (i32.const 0)
+                      (i32.const 300) (i32.const 64) (i32.const 296))))
+  (start $init)""",
+    body="""
+  (func (export "spear.handler.get") (result i32)
+    (call $output (i32.const 300) (i32.load (i32.const 296))))""")
+
+
 def test_a_host_function_works_from_the_start_function_before_any_handler() -> None:
     seen = []
 
@@ -321,16 +333,7 @@ def test_a_host_function_works_from_the_start_function_before_any_handler() -> N
         seen.append(data)
         return b"from start"
 
-    source = guest(
-        start="""
-  (func $init
-    (drop (call $call (i32.const 100) (i32.const 9) (i32.const 0) (i32.const 0)
-                      (i32.const 300) (i32.const 64) (i32.const 296))))
-  (start $init)""",
-        body="""
-  (func (export "spear.handler.get") (result i32)
-    (call $output (i32.const 300) (i32.load (i32.const 296))))""")
-    module = wasm.load(source, host_functions={"transform": transform})
+    module = wasm.load(START_CALLS_TRANSFORM, host_functions={"transform": transform})
     with module.instantiate() as instance:
         assert instance.call("get", b"") == b"from start"
     assert len(seen) == 2  # the load's probe instance, then this one
