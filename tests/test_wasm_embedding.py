@@ -467,13 +467,13 @@ def test_spear_wasm_is_reachable_after_import_spear_alone() -> None:
 def test_application_error_codes_arrive_as_integers_beside_the_string_code(
     wasm_fixture: Callable[[str], Path],
 ) -> None:
-    with wasm.load(wasm_fixture("multi")).instantiate() as instance:
-        with pytest.raises(spear.ExecutionFailed) as info:
-            instance.call("fail", b"x")
+    with (wasm.load(wasm_fixture("multi")).instantiate() as instance,
+          pytest.raises(spear.ExecutionFailed) as info):
+        instance.call("fail", b"x")
     assert info.value.error_code == 42 and info.value.code == "42"  # as before, for old callers
-    with wasm.load(wasm_fixture("echo")).instantiate() as instance:
-        with pytest.raises(spear.ExecutionFailed) as missing:
-            instance.call("nope", b"")
+    with (wasm.load(wasm_fixture("echo")).instantiate() as instance,
+          pytest.raises(spear.ExecutionFailed) as missing):
+        instance.call("nope", b"")
     assert missing.value.code == "no_such_handler" and missing.value.error_code is None
 
 
