@@ -162,9 +162,11 @@ def run_async(bindings: Bindings, function: Callable[[bytes], Any], data: bytes,
         running_host_function.set(bindings)
         return await function(data)
 
-    future = asyncio.run_coroutine_threadsafe(guarded(), loop)
+    # Set before the coroutine can start: a call it makes back into this instance must
+    # already see that the instance waits on this loop.
     bindings.awaiting_loop = loop
     try:
+        future = asyncio.run_coroutine_threadsafe(guarded(), loop)
         timeout = None
         if interrupt_at_ns:
             timeout = max(0.0, (interrupt_at_ns - time.monotonic_ns()) / 1e9)
