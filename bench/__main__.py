@@ -18,6 +18,7 @@ from bench.table import Row, render
 
 SECTIONS = [
     "bench.wasm",
+    "bench.embedding",
     "bench.process",
     "bench.grpc",
     "bench.invocation",

@@ -188,12 +188,108 @@ def test_inspect_json_is_machine_readable(spear_cli: Cli, wasm_fixture: Fixture)
     assert len(info["sha256"]) == 64
 
 
-def test_inspect_a_file_that_is_not_a_guest_is_one_error_line(
+def test_inspect_describes_a_plain_module_too(spear_cli: Cli, tmp_path: Path) -> None:
+    import wasmtime
+
+    module = tmp_path / "plain.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        '(module (import "env" "f" (func (param i32) (result i64)))'
+        ' (memory (export "memory") 1 3))'))
+    done = spear_cli("inspect", module)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "kind:        plain module" in text
+    assert "env.f" in text and "(i32) -> (i64)" in text
+    assert "at least 1 pages (64 KiB), at most 3 pages (192 KiB)" in text
+    info = json.loads(spear_cli("inspect", module, "--json").stdout)
+    assert info["kind"] == "plain" and info["abi_version"] is None and info["handlers"] == []
+    assert info["memories"][0]["max_bytes"] == 3 * 65536
+    assert info["imports"] == [{"module": "env", "name": "f", "kind": "func",
+                                "type": "(i32) -> (i64)"}]
+
+
+def test_inspect_of_a_spear_guest_that_fails_to_load_describes_it_and_says_why(
     spear_cli: Cli, tmp_path: Path
 ) -> None:
     import wasmtime
 
-    module = tmp_path / "plain.wasm"
-    module.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+    module = tmp_path / "half.wasm"
+    module.write_bytes(wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1)'
+        ' (func (export "spear_abi_version") (result i32) (i32.const 1)))'))
     done = spear_cli("inspect", module)
-    assert_one_error_line(done, "not a spear guest")
+    assert done.returncode == 1
+    assert "kind:        spear ABI" in done.stdout.decode()
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith("spear: error:") and "not a spear guest" in line
+    assert "spear_init" in line
+
+
+# ------------------------------------------------------------------ WASI commands, config
+
+
+@pytest.fixture(scope="module")
+def command_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import wasi_commands
+
+    path = tmp_path_factory.mktemp("commands") / "tool.wasm"
+    path.write_bytes(wasi_commands.ENV_AND_STDIN)
+    return path
+
+
+def test_run_calls_a_wasi_command_with_its_input_as_stdin(spear_cli: Cli,
+                                                          command_file: Path) -> None:
+    done = spear_cli("run", command_file, "--env", "A=1", "--env", "B=two=2", "-i", "in")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"A=1\nB=two=2\nin"
+
+
+def test_run_exits_with_the_command_exit_status(spear_cli: Cli, command_file: Path) -> None:
+    done = spear_cli("run", command_file, "--arg", "x", "--arg", "y", "--arg", "z")
+    assert done.returncode == 3
+    assert done.stdout == b""
+    assert b"exited with code 3" in done.stderr and b"failing" in done.stderr
+
+
+def test_run_needs_a_function_for_a_spear_guest(spear_cli: Cli, echo_wasm: Path) -> None:
+    done = spear_cli("run", echo_wasm, "-i", "x")
+    assert_one_error_line(done, "--function is required", "echo")
+
+
+def test_run_passes_configuration(spear_cli: Cli, wasm_fixture: Fixture) -> None:
+    done = spear_cli("run", wasm_fixture("host_call"), "-f", "config", "-i", "who",
+                     "--config", "who=the cli")
+    assert (done.returncode, done.stdout) == (0, b"the cli")
+
+
+def test_run_preopens_directories(spear_cli: Cli, tmp_path: Path) -> None:
+    import wasi_commands
+
+    path = tmp_path / "preopens.wasm"
+    path.write_bytes(wasi_commands.PREOPENS)
+    done = spear_cli("run", path, "--dir", f"/data={tmp_path}", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"/data\n{tmp_path}\n".encode()
+    missing = spear_cli("run", path, "--dir", str(tmp_path / "nope"))
+    assert_one_error_line(missing, "does not exist")
+
+
+def test_inspect_describes_a_wasi_command(spear_cli: Cli, command_file: Path) -> None:
+    done = spear_cli("inspect", command_file)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "kind:        WASI command" in text and "handlers:    _start" in text
+    assert "wasi_snapshot_preview1.fd_read" in text and "wasi:        yes" in text
+    info = json.loads(spear_cli("inspect", command_file, "--json").stdout)
+    assert info["kind"] == "wasi_command" and info["handlers"] == ["_start"]
+    assert info["uses_wasi"] is True and info["problem"] is None
+
+
+def test_inspect_of_a_spear_guest_lists_imports_and_memory(spear_cli: Cli,
+                                                           wasm_fixture: Fixture) -> None:
+    done = spear_cli("inspect", wasm_fixture("host_call"))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "kind:        spear ABI v1" in text
+    assert "spear.host_call" in text and "(i32 i32 i32 i32 i32 i32 i32) -> (i32)" in text
+    assert "memory:      memory (exported): at least" in text

@@ -197,3 +197,38 @@ def test_build_all_builds_the_fixtures_of_every_language(tmp_path: Path) -> None
         expected |= {"echo.rs.wasm", "greet.rs.wasm"}
     assert expected <= built
     assert proc.stdout.splitlines()[-1].startswith(f"{len(built)} built, 0 up to date")
+
+
+# -- host_call: Python host functions and configuration ----------------------------------------
+
+
+def test_host_functions_and_config_answer_the_same_in_every_language(
+    wasm_fixture: Fixture, language: str
+) -> None:
+    def transform(data: bytes) -> bytes:
+        if data == b"boom":
+            raise ValueError("transform says boom")
+        return data.upper()
+
+    module = wasm.load(wasm_fixture(fixture_name("host_call", language)),
+                       host_functions={"transform": transform},
+                       config={"k": "value", "empty": ""})
+    with module.instantiate() as instance:
+        assert instance.call("relay", b"abc") == b"ABC"
+        big = payload(300_000)  # past the first buffer: held and fetched again
+        assert instance.call("relay", big) == big.upper()
+        with pytest.raises(spear.ExecutionFailed, match="transform says boom") as failed:
+            instance.call("relay", b"boom")
+        assert failed.value.code == "host_function"
+        assert isinstance(failed.value.__cause__, ValueError)
+        assert instance.call("relay", b"next") == b"NEXT"
+        assert instance.call("config", b"k") == b"value"
+        assert instance.call("config", b"empty") == b""
+        with pytest.raises(spear.ExecutionFailed) as absent:
+            instance.call("config", b"absent")
+        assert absent.value.error_code == 404
+    bare = wasm.load(wasm_fixture(fixture_name("host_call", language)))
+    with bare.instantiate() as instance:
+        with pytest.raises(spear.ExecutionFailed) as missing:
+            instance.call("relay", b"x")
+        assert missing.value.error_code == 404

@@ -62,3 +62,19 @@ def test_the_c_with_libc_example_builds_small_with_wasi_and_answers(tmp_path: Pa
     assert module.stat().st_size < 64 * 1024
     with wasm.load(module).instantiate() as instance:
         assert instance.call("hello", b"world") == b"hello world"
+
+
+def test_the_host_function_relay_example_passes_results_and_failures_on(tmp_path: Path) -> None:
+    source = '#include "spear.h"\n' + block_with("c", "SPEAR_HANDLER(relay)")
+    module = build_source(tmp_path, "relay.c", source)
+
+    def transform(data: bytes) -> bytes:
+        if data == b"boom":
+            raise ValueError("transform failed")
+        return data[::-1]
+
+    with wasm.load(module, host_functions={"transform": transform}).instantiate() as instance:
+        assert instance.call("relay", b"abc") == b"cba"
+        with pytest.raises(spear.ExecutionFailed, match="transform failed") as info:
+            instance.call("relay", b"boom")
+        assert info.value.code == "host_function"

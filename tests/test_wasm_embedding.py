@@ -68,10 +68,15 @@ def test_module_reports_its_handlers_and_abi_version(
     assert not multi.has_dispatch
 
 
-def test_loading_a_missing_file_is_execution_failed(tmp_path: Path) -> None:
-    with pytest.raises(spear.ExecutionFailed, match="cannot read module") as info:
+def test_loading_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
         wasm.load(tmp_path / "nope.wasm")
-    assert info.value.code == "io"
+    assert info.value.filename == str(tmp_path / "nope.wasm")
+
+
+def test_loading_a_directory_raises_the_os_error(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError):
+        wasm.load(tmp_path)
 
 
 def test_loading_bytes_that_are_not_wasm_is_a_clear_error() -> None:
@@ -445,3 +450,36 @@ def test_the_pure_python_call_path_behaves_like_the_native_one() -> None:
         env={**os.environ, "SPEAR_NO_NATIVE": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_spear_wasm_is_reachable_after_import_spear_alone() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import spear; print(spear.wasm.load.__name__, "
+         "spear.wasm.Module is spear.wasm.WasmModule, spear.wasm.Instance.__name__)"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["load", "True", "WasmInstance"]
+
+
+def test_application_error_codes_arrive_as_integers_beside_the_string_code(
+    wasm_fixture: Callable[[str], Path],
+) -> None:
+    with (wasm.load(wasm_fixture("multi")).instantiate() as instance,
+          pytest.raises(spear.ExecutionFailed) as info):
+        instance.call("fail", b"x")
+    assert info.value.error_code == 42 and info.value.code == "42"  # as before, for old callers
+    with (wasm.load(wasm_fixture("echo")).instantiate() as instance,
+          pytest.raises(spear.ExecutionFailed) as missing):
+        instance.call("nope", b"")
+    assert missing.value.code == "no_such_handler" and missing.value.error_code is None
+
+
+def test_execution_failed_reads_an_integer_code_from_its_string_code() -> None:
+    assert spear.ExecutionFailed("m", "-3").error_code == -3
+    assert spear.ExecutionFailed("m", 7).error_code == 7
+    assert spear.ExecutionFailed("m", "trap:unreachable").error_code is None
+    assert spear.ExecutionFailed("m", "exit:3", error_code=3).error_code == 3
+    assert spear.ExecutionFailed("m", "٣").error_code is None  # only ASCII digits

@@ -96,6 +96,10 @@ const imports = struct {
     extern "spear" fn recv(topic_buf: [*]u8, topic_cap: u32, data_buf: [*]u8, data_cap: u32, sizes: *[2]u32) i32;
     extern "spear" fn log(level: i32, msg: [*]const u8, len: u32) void;
     extern "spear" fn now() u64;
+    // ABI v1 revision 2: a module calling these loads only on a host that has them.
+    extern "spear" fn host_call(name: [*]const u8, name_len: u32, input: [*]const u8, input_len: u32, out: [*]u8, out_cap: u32, out_len: *u32) i32;
+    extern "spear" fn host_result(out: [*]u8, out_cap: u32) i32;
+    extern "spear" fn config_get(key: [*]const u8, key_len: u32, out: [*]u8, out_cap: u32, out_len: *u32) i32;
 };
 
 pub const HostError = error{
@@ -189,6 +193,48 @@ pub fn log(level: Level, message: []const u8) void {
 /// Monotonic clock in nanoseconds (the clock of `Request.deadlineNs`).
 pub fn now() u64 {
     return imports.now();
+}
+
+/// err_code that passes a host function's failure on: the host reports the call as failed by
+/// the host function (code "host_function"), with its message: `spear.fail(spear.code_host_function, message)`.
+pub const code_host_function: i32 = -7;
+
+/// What a Python host function answered: its output, or its failure's message.
+pub const CallResult = union(enum) { ok: []const u8, failed: []const u8 };
+
+/// Call the Python host function `name` on `input` (`spear.host_call`). The result lives in
+/// the per-call arena. error.NotFound: the host has no function of that name. A result too
+/// big for the first buffer is fetched once more from the host, never computed twice.
+pub fn call(name: []const u8, input: []const u8) error{ NotFound, OutOfMemory }!CallResult {
+    const cap: usize = @max(input.len, 256);
+    const buf = try arena.alloc(u8, cap);
+    var len: u32 = 0;
+    const rc = imports.host_call(name.ptr, @intCast(name.len), input.ptr, @intCast(input.len), buf.ptr, @intCast(cap), &len);
+    if (rc == -6) return error.NotFound;
+    var result: []const u8 = buf[0..@min(len, cap)];
+    if (len > cap) {
+        const big = try arena.alloc(u8, len);
+        if (imports.host_result(big.ptr, len) < 0) return .{ .failed = "spear: the host lost the held result" };
+        result = big;
+    }
+    return if (rc == -7) .{ .failed = result } else .{ .ok = result };
+}
+
+/// The configuration value of `key` (`spear.config_get`), in the per-call arena; null when
+/// the key is absent (an empty value is "").
+pub fn config(key: []const u8) error{OutOfMemory}!?[]const u8 {
+    var cap: usize = 64;
+    while (true) {
+        const buf = try arena.alloc(u8, cap);
+        var len: u32 = 0;
+        const rc = imports.config_get(key.ptr, @intCast(key.len), buf.ptr, @intCast(cap), &len);
+        if (rc == 0) return buf[0..len];
+        if (rc == -4 and len > cap) {
+            cap = len;
+            continue;
+        }
+        return null;
+    }
 }
 
 // ------------------------------------------------------------------------------------------

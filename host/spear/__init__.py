@@ -77,6 +77,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "wasm":  # the embedding API: `import spear` then `spear.wasm.load(...)`
+        return importlib.import_module("spear.wasm")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'spear' has no attribute {name!r}")

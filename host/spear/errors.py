@@ -73,8 +73,29 @@ class InvalidConfiguration(CommunicationError):
 
 
 class ExecutionFailed(CommunicationError):
-    """The function ran and failed (or could not run): trap, guest error, handler exception."""
+    """The function ran and failed (or could not run): trap, guest error, handler exception.
 
-    def __init__(self, message: str, code: str | int | None = None) -> None:
+    `code` says what failed, as a string: a kind the host names (`"timeout"`,
+    `"trap:unreachable"`, `"exit:3"`, `"host_function"`, ...), or, for an application error,
+    the function's own code in decimal (`"42"`), as it travels in
+    `ExecutionResponse.error_code`. `error_code` is that application code as an int (a WASM
+    guest's `err_code`, a WASI command's exit status), or None when the function gave none;
+    it is read from an integer `code` when not given.
+    """
+
+    def __init__(self, message: str, code: str | int | None = None, *,
+                 error_code: int | None = None) -> None:
         self.code = code
+        if error_code is None:
+            error_code = _integer(code)
+        self.error_code = error_code
         super().__init__(message)
+
+
+def _integer(code: str | int | None) -> int | None:
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    if (isinstance(code, str) and code.isascii() and code.lstrip("-").isdigit()
+            and len(code) <= 20):
+        return int(code)
+    return None

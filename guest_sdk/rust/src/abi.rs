@@ -13,6 +13,10 @@ pub const STATUS_ERROR: i32 = 1;
 /// `err_code` of the errors this crate makes when the arena is out of memory.
 pub const CODE_NOMEM: i32 = 12;
 
+/// `err_code` that passes a host function's failure on: the host reports the call as failed
+/// by the host function (code "host_function"), with its message.
+pub const CODE_HOST_FUNCTION: i32 = -7;
+
 /// Initial request-buffer capacity; `spear_reserve` grows it geometrically.
 pub const INITIAL_REQ_CAP: u32 = 16 * 1024;
 

@@ -1,9 +1,12 @@
 //! The `spear` host calls (docs/wasm-abi.md, "Host imports"). A module imports only the ones
 //! it calls. To add a host call: declare it in `imports` and wrap it below.
+//!
+//! [`call`] and [`config`] use ABI v1 revision 2: a module that calls them loads only on a
+//! host that has them (an older host refuses it at load, naming the import).
 
 use core::fmt;
 
-use crate::arena;
+use crate::arena::{self, OutOfMemory};
 use crate::request::Request;
 
 mod imports {
@@ -23,6 +26,26 @@ mod imports {
         pub fn log(level: i32, msg: *const u8, len: u32);
         #[link_name = "now"]
         pub fn now() -> u64;
+        #[link_name = "host_call"]
+        pub fn host_call(
+            name: *const u8,
+            name_len: u32,
+            input: *const u8,
+            input_len: u32,
+            out: *mut u8,
+            out_cap: u32,
+            out_len: *mut u32,
+        ) -> i32;
+        #[link_name = "host_result"]
+        pub fn host_result(out: *mut u8, out_cap: u32) -> i32;
+        #[link_name = "config_get"]
+        pub fn config_get(
+            key: *const u8,
+            key_len: u32,
+            out: *mut u8,
+            out_cap: u32,
+            out_len: *mut u32,
+        ) -> i32;
     }
 }
 
@@ -182,4 +205,92 @@ pub fn log(level: Level, message: &str) {
 /// Monotonic clock in nanoseconds (the clock of [`Request::deadline_ns`]).
 pub fn now() -> u64 {
     unsafe { imports::now() }
+}
+
+/// Why [`call`] returned no output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallError<'r> {
+    /// `-6`: the host has no function of that name.
+    NotFound,
+    /// `-7`: the host function failed; this is its message (UTF-8).
+    Failed(&'r [u8]),
+    /// The arena had no room for the result.
+    OutOfMemory,
+}
+
+/// A failed [`call`] as an application error: a host function's failure passes on with its
+/// message (the host then reports the call as failed by the host function); a missing one is
+/// code 6, as for other host errors.
+impl<'r> From<CallError<'r>> for crate::Error<'r> {
+    fn from(e: CallError<'r>) -> Self {
+        use crate::abi::{CODE_HOST_FUNCTION, CODE_NOMEM};
+        match e {
+            CallError::Failed(message) => crate::Error::bytes(CODE_HOST_FUNCTION, message),
+            CallError::NotFound => crate::Error::new(6, "spear: no such host function"),
+            CallError::OutOfMemory => crate::Error::new(CODE_NOMEM, "spear: out of memory"),
+        }
+    }
+}
+
+unsafe fn arena_bytes<'r>(size: usize) -> Option<&'r mut [u8]> {
+    let p = arena::alloc(size.max(1)).ok()?;
+    Some(core::slice::from_raw_parts_mut(p as *mut u8, size))
+}
+
+/// Call the Python host function `name` on `input` (`spear.host_call`). The output lives in
+/// the per-call arena. A result too big for the first buffer is fetched once more from the
+/// host (`spear.host_result`), never computed twice.
+pub fn call<'r>(req: &'r Request, name: &str, input: &[u8]) -> Result<&'r [u8], CallError<'r>> {
+    let _ = req; // the arena lifetime
+    let cap = input.len().max(256);
+    let buf = unsafe { arena_bytes(cap) }.ok_or(CallError::OutOfMemory)?;
+    let mut len = 0u32;
+    let rc = unsafe {
+        imports::host_call(
+            name.as_ptr(),
+            name.len() as u32,
+            input.as_ptr(),
+            input.len() as u32,
+            buf.as_mut_ptr(),
+            cap as u32,
+            &mut len,
+        )
+    };
+    if rc == -6 {
+        return Err(CallError::NotFound);
+    }
+    let len = len as usize;
+    let result: &'r [u8] = if len <= cap {
+        &buf[..len]
+    } else {
+        let big = unsafe { arena_bytes(len) }.ok_or(CallError::OutOfMemory)?;
+        let got = unsafe { imports::host_result(big.as_mut_ptr(), len as u32) };
+        if got < 0 {
+            return Err(CallError::Failed(b"spear: the host lost the held result"));
+        }
+        &big[..len]
+    };
+    if rc == -7 {
+        Err(CallError::Failed(result))
+    } else {
+        Ok(result)
+    }
+}
+
+/// The configuration value of `key` (`spear.config_get`), in the per-call arena: `Ok(None)`
+/// when the key is absent (an empty value is `Some("")`).
+pub fn config<'r>(req: &'r Request, key: &str) -> Result<Option<&'r str>, OutOfMemory> {
+    let _ = req;
+    let mut cap = 64usize;
+    loop {
+        let buf = unsafe { arena_bytes(cap) }.ok_or(OutOfMemory)?;
+        let mut len = 0u32;
+        let (key_ptr, key_len) = (key.as_ptr(), key.len() as u32);
+        let rc = unsafe { imports::config_get(key_ptr, key_len, buf.as_mut_ptr(), cap as u32, &mut len) };
+        match rc {
+            0 => return Ok(Some(core::str::from_utf8(&buf[..len as usize]).unwrap_or(""))),
+            -4 if (len as usize) > cap => cap = len as usize,
+            _ => return Ok(None),
+        }
+    }
 }

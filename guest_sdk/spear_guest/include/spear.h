@@ -68,6 +68,13 @@
 #define SPEAR_ERR_TOO_LARGE (-3)
 #define SPEAR_ERR_BUFFER_TOO_SMALL (-4)
 #define SPEAR_ERR_NOMEM (-5) /* guest side only (SDK helpers): arena allocation failed */
+#define SPEAR_ERR_NOT_FOUND (-6)     /* no host function / configuration key of that name */
+#define SPEAR_ERR_HOST_FUNCTION (-7) /* the host function failed; its message is the result */
+#define SPEAR_ERR_NOTHING_HELD (-8)  /* spear_host_result: no result is waiting */
+
+/* err_code that passes a host function's failure on: the host reports the call as failed by
+ * the host function (code "host_function"), with its message. */
+#define SPEAR_CODE_HOST_FUNCTION SPEAR_ERR_HOST_FUNCTION
 
 /* err_code the SDK helpers use for "out of memory" application errors. */
 #define SPEAR_CODE_NOMEM 12
@@ -167,6 +174,28 @@ SPEAR_IMPORT("log") void spear_log(int32_t level, const void *msg, uint32_t len)
 
 /* Monotonic clock in nanoseconds (the clock of req->deadline_ns). */
 SPEAR_IMPORT("now") uint64_t spear_now(void);
+
+/* ABI v1 revision 2 (a host without these refuses the module at load, naming the import). */
+
+/* Call the host function bound under `name` on `input`. Always writes the result's length to
+ * *out_len. 0: the output is at out; SPEAR_ERR_BUFFER_TOO_SMALL: it did not fit, the host
+ * holds it for spear_host_result(); SPEAR_ERR_NOT_FOUND: no such host function;
+ * SPEAR_ERR_HOST_FUNCTION: it failed, and its message is the result (written if it fits, else
+ * held). See spear_call() for a version that sizes its buffer itself. */
+SPEAR_IMPORT("host_call")
+int32_t spear_host_call(const void *name, uint32_t name_len, const void *input,
+                        uint32_t input_len, void *out, uint32_t out_cap, uint32_t *out_len);
+
+/* Take the held result: its length, SPEAR_ERR_BUFFER_TOO_SMALL (still held) or
+ * SPEAR_ERR_NOTHING_HELD. */
+SPEAR_IMPORT("host_result") int32_t spear_host_result(void *out, uint32_t out_cap);
+
+/* Read configuration key `key`: 0 (the value is at out, its length at *out_len; it may be
+ * empty), SPEAR_ERR_BUFFER_TOO_SMALL (only *out_len is written) or SPEAR_ERR_NOT_FOUND (no
+ * such key). See spear_config(). */
+SPEAR_IMPORT("config_get")
+int32_t spear_config_get(const void *key, uint32_t key_len, void *out, uint32_t out_cap,
+                         uint32_t *out_len);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Memory and string helpers (freestanding: there is no libc)                                 */
@@ -648,6 +677,64 @@ SPEAR_INLINE int32_t spear_recv_message(spear_message *m) {
         }
         if (!grew) return SPEAR_ERR_BUFFER_TOO_SMALL; /* host inconsistency: do not spin */
     }
+}
+
+/* Call host function `name` (name_len bytes) on input. The result lands in the arena (valid
+ * until the handler returns): *out, *out_len. Returns SPEAR_OK (the output),
+ * SPEAR_ERR_HOST_FUNCTION (the failure's message; `return spear_error_n(
+ * SPEAR_CODE_HOST_FUNCTION, *out, *out_len)` passes it on), SPEAR_ERR_NOT_FOUND or
+ * SPEAR_ERR_NOMEM. A result too big for the first buffer is fetched once more from the host
+ * (spear_host_result), never computed twice. */
+SPEAR_INLINE int32_t spear_call_n(const void *name, uint32_t name_len, const void *input,
+                                  uint32_t input_len, const uint8_t **out, uint32_t *out_len) {
+    uint32_t cap = input_len < 256u ? 256u : input_len;
+    uint8_t *buf = (uint8_t *)spear_alloc(cap);
+    uint32_t len = 0;
+    if (buf == NULL) return SPEAR_ERR_NOMEM;
+    int32_t rc = spear_host_call(name, name_len, input, input_len, buf, cap, &len);
+    if (rc == SPEAR_ERR_NOT_FOUND) return rc;
+    if (len > cap) { /* held by the host */
+        uint8_t *big = (uint8_t *)spear_realloc(buf, cap, len);
+        if (big == NULL) return SPEAR_ERR_NOMEM;
+        int32_t got = spear_host_result(big, len);
+        if (got < 0) return got;
+        buf = big;
+        if (rc == SPEAR_ERR_BUFFER_TOO_SMALL) rc = SPEAR_OK;
+    }
+    *out = buf;
+    *out_len = len;
+    return rc;
+}
+
+/* spear_call_n with a NUL-terminated name. */
+SPEAR_INLINE int32_t spear_call(const char *name, const void *input, uint32_t input_len,
+                                const uint8_t **out, uint32_t *out_len) {
+    return spear_call_n(name, spear_strlen(name), input, input_len, out, out_len);
+}
+
+/* Configuration value of `key` (key_len bytes), in the arena: SPEAR_OK (*value, *value_len;
+ * the value may be empty), SPEAR_ERR_NOT_FOUND (no such key) or SPEAR_ERR_NOMEM. Values are
+ * UTF-8, not NUL-terminated. */
+SPEAR_INLINE int32_t spear_config_n(const void *key, uint32_t key_len, const char **value,
+                                    uint32_t *value_len) {
+    uint32_t cap = 64, len = 0;
+    uint8_t *buf = (uint8_t *)spear_alloc(cap);
+    if (buf == NULL) return SPEAR_ERR_NOMEM;
+    int32_t rc = spear_config_get(key, key_len, buf, cap, &len);
+    if (rc == SPEAR_ERR_BUFFER_TOO_SMALL) {
+        buf = (uint8_t *)spear_realloc(buf, cap, len);
+        if (buf == NULL) return SPEAR_ERR_NOMEM;
+        rc = spear_config_get(key, key_len, buf, len, &len);
+    }
+    if (rc != SPEAR_OK) return rc;
+    *value = (const char *)buf;
+    *value_len = len;
+    return SPEAR_OK;
+}
+
+/* spear_config_n with a NUL-terminated key. */
+SPEAR_INLINE int32_t spear_config(const char *key, const char **value, uint32_t *value_len) {
+    return spear_config_n(key, spear_strlen(key), value, value_len);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -16,6 +16,15 @@ on the thread too. docs/wasm-abi.md ("The event loop budget") has the trade-offs
 
 `ChannelConfig.extra["dispatch"]` = "thread" or "inline" forces one mode ("inline" still
 honours the budget).
+
+Python host functions decide too: an instance with any host function that is not declared
+`inline_safe` runs every call on its thread (a Python function cannot be interrupted at the
+loop budget), and one with an async host function never runs inline at all (the guest waits
+on its thread while the coroutine runs on this loop). A WASI command starts an instance per
+call, so its calls always run on the thread.
+
+The "auto" mode learns from how long a handler takes on the thread, measured inside the
+worker thread: the loop's own delay in noticing that a call finished is not the handler's.
 """
 
 from __future__ import annotations
@@ -42,11 +51,14 @@ from spear.messages import (
 )
 from spear.stats import ChannelStats, StatsRecorder
 from spear.transport.wasm.arguments import as_input, check_function, check_timeout, encode_metadata
+from spear.transport.wasm.bindings import make_bindings
+from spear.transport.wasm.command_session import CommandSession
+from spear.transport.wasm.host_functions import running_host_function
 from spear.transport.wasm.instance import WasmInstance
 from spear.transport.wasm.limits import DEFAULT_LOOP_BUDGET, MAX_TIMEOUT, GuestLimits
 from spear.transport.wasm.module import WasmModule
-from spear.transport.wasm.session import GuestSession
-from spear.transport.wasm.traps import CallFailure, CallResult
+from spear.transport.wasm.session import GuestSession, open_session
+from spear.transport.wasm.traps import CallFailure, CallResult, reentrant_call
 
 DEFAULT_INLINE_THRESHOLD_US = 500
 # Inputs above this always leave the loop: copying them alone takes tens of microseconds.
@@ -78,8 +90,8 @@ def check_loop_budget(value: Any, name: str = "loop_budget_ms") -> float:
 
 class MemoryChannel(CommunicationChannel):
     def __init__(
-        self, instance_id: RuntimeInstanceId, session: GuestSession, config: ChannelConfig, *,
-        loop_budget: float = DEFAULT_LOOP_BUDGET,
+        self, instance_id: RuntimeInstanceId, session: GuestSession | CommandSession,
+        config: ChannelConfig, *, loop_budget: float = DEFAULT_LOOP_BUDGET,
     ) -> None:
         self._id = instance_id
         self._session = session
@@ -91,7 +103,18 @@ class MemoryChannel(CommunicationChannel):
         dispatch = config.extra.get("dispatch", "auto")
         if dispatch not in ("auto", "thread", "inline"):
             raise InvalidConfiguration(f"dispatch must be auto, thread or inline, not {dispatch!r}")
+        bindings = session.bindings
+        if not bindings.inline_safe:
+            if dispatch == "inline":
+                blocking = sorted(name for name, f in bindings.host_functions.items()
+                                  if not f.inline_safe)
+                raise InvalidConfiguration(
+                    f"dispatch 'inline' needs host functions that may run on the event loop; "
+                    f"{', '.join(blocking[:10])} {'is' if len(blocking) == 1 else 'are'} async "
+                    "or not declared inline_safe")
+            dispatch = "thread"  # a Python host function could hold the loop unbounded
         self._dispatch = dispatch
+        self._bindings = bindings
         threshold = config.extra.get("inline_threshold_us", DEFAULT_INLINE_THRESHOLD_US)
         try:
             self._inline_threshold = int(threshold) / 1e6
@@ -125,8 +148,13 @@ class MemoryChannel(CommunicationChannel):
         return not self._closed
 
     @property
-    def session(self) -> GuestSession:
+    def session(self) -> GuestSession | CommandSession:
         return self._session
+
+    @property
+    def dispatch(self) -> str:
+        """Where calls run: "auto" (learned per handler), "thread" or "inline"."""
+        return self._dispatch
 
     @property
     def wasm_instance(self) -> WasmInstance:
@@ -222,8 +250,19 @@ class MemoryChannel(CommunicationChannel):
         return ExecutionResponse(request.request_id, b"", _ERROR, result.message, result.code,
                                  elapsed * 1000.0)
 
+    def _timed(self, function: str, data: bytes, timeout: float | None,
+               metadata: dict[str, str] | None) -> tuple[CallResult, float]:
+        """Run on the instance's thread: the result and how long the guest call took there."""
+        started = _perf_counter()
+        result = self._execute(function, data, timeout, metadata)
+        return result, _perf_counter() - started
+
     async def _run_threaded(self, function: str, data: bytes, metadata: dict[str, str] | None,
                             timeout: float | None) -> CallResult:
+        if running_host_function.get() is self._bindings:
+            # An async host function of this instance calling back into it: the call that
+            # awaits the host function holds the instance.
+            return reentrant_call(self._id.full_id)
         self._threaded += 1
         try:
             waited = time.perf_counter()
@@ -243,10 +282,9 @@ class MemoryChannel(CommunicationChannel):
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="spear-wasm")
                 loop = asyncio.get_running_loop()
-                started = time.perf_counter()
-                result = await loop.run_in_executor(
-                    self._executor, self._execute, function, data, remaining, metadata)
-                self._learn(function, time.perf_counter() - started)
+                result, took = await loop.run_in_executor(
+                    self._executor, self._timed, function, data, remaining, metadata)
+                self._learn(function, took)
                 return result
             finally:
                 self._lock.release()
@@ -389,11 +427,16 @@ async def open_memory_channel(
     fuel: int | None = None,
     loop_budget_ms: float | str | None = None,
     limits: GuestLimits | None = None,
+    host_functions: Any = None,
+    guest_config: Any = None,
+    wasi: Any = None,
 ) -> MemoryChannel:
     """Load (or reuse) a module, start an instance and return the channel to it.
 
     Both steps run guest code or compile, so both run off the event loop; the instance's
-    start gets `config.connect_timeout_ms`.
+    start gets `config.connect_timeout_ms`. `host_functions`, `guest_config` (the
+    configuration the guest reads) and `wasi` are the instance's bindings, over the
+    module's; async host functions run on this event loop.
     """
     config = config or ChannelConfig()
     budget = check_loop_budget(
@@ -409,8 +452,16 @@ async def open_memory_channel(
         module = await asyncio.to_thread(
             default_host().load, artifact, memory_limit=memory_limit, fuel=fuel)
     setup = min(config.connect_timeout, MAX_TIMEOUT) if config.connect_timeout_ms else None
+    bindings = make_bindings(module.bindings, host_functions=host_functions,
+                             config=guest_config, wasi=wasi,
+                             max_output=config.max_message_size,
+                             loop=asyncio.get_running_loop())
     session = await asyncio.to_thread(
-        GuestSession, module, label=instance_id.full_id,
+        open_session, module, label=instance_id.full_id,
         max_message_size=config.max_message_size, limits=limits or GuestLimits(),
-        setup_timeout=setup or module.setup_timeout)
-    return MemoryChannel(instance_id, session, config, loop_budget=budget)
+        setup_timeout=setup or module.setup_timeout, bindings=bindings)
+    try:
+        return MemoryChannel(instance_id, session, config, loop_budget=budget)
+    except BaseException:
+        session.close()
+        raise

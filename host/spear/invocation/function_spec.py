@@ -103,6 +103,12 @@ class FunctionSpec:
 
     `idempotent=True` lets a request whose instance died be retried once on another one.
     `weights` (for `balancing="weighted"`) gives instance *i* weight `weights[i]` (default 1).
+
+    WASM only: `host_functions` (`{"name": fn}`, fn taking and returning bytes, sync or
+    `async def`, or a `spear.wasm.HostFunction`) are what the guest calls with
+    `spear.host_call`; `config` (`{"key": "value"}`) is what it reads with
+    `spear.config_get`; `wasi` (a `spear.wasm.WasiConfig`) is what WASI grants it. Every
+    instance of the function gets them (docs/embedding.md).
     """
 
     name: str
@@ -131,6 +137,9 @@ class FunctionSpec:
     # Kubernetes: the pod workers' shared token and TLS settings (never shown in reprs).
     token: str | None = field(default=None, repr=False)
     tls: object | None = None
+    host_functions: Mapping[str, Any] | None = field(default=None, repr=False)
+    config: Mapping[str, str] | None = None
+    wasi: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name \
@@ -224,6 +233,32 @@ class FunctionSpec:
                 f"got {self.dispatch!r}")
         if any(not _is_int(w) or w < 1 for w in self.weights):
             raise InvalidConfiguration(f"function {self.name!r}: weights must be >= 1")
+        self._check_wasm_bindings()
+
+    def _check_wasm_bindings(self) -> None:
+        given = [key for key in ("host_functions", "config", "wasi")
+                 if getattr(self, key) is not None]
+        if not given:
+            return
+        if self.runtime is not RuntimeType.WASM:
+            raise InvalidConfiguration(
+                f"function {self.name!r}: {', '.join(given)} apply to WASM functions only")
+        # Light imports: no wasmtime is loaded to check a spec.
+        from spear.transport.wasm.guest_config import check_config
+        from spear.transport.wasm.host_functions import check_host_functions
+        from spear.transport.wasm.wasi_config import WasiConfig
+
+        try:
+            if self.host_functions is not None:
+                object.__setattr__(self, "host_functions",
+                                   check_host_functions(self.host_functions))
+            if self.config is not None:
+                object.__setattr__(self, "config", check_config(self.config))
+        except (TypeError, InvalidConfiguration) as exc:
+            raise InvalidConfiguration(f"function {self.name!r}: {exc}") from None
+        if self.wasi is not None and not isinstance(self.wasi, WasiConfig):
+            raise InvalidConfiguration(f"function {self.name!r}: wasi must be a "
+                                       f"spear.wasm.WasiConfig, not {type(self.wasi).__name__}")
 
     @property
     def capacity(self) -> int:

@@ -67,6 +67,12 @@ class Launcher:
                 options["fuel"] = spec.limits.fuel
             if spec.limits.loop_budget_ms is not None:
                 options["loop_budget_ms"] = spec.limits.loop_budget_ms
+            if spec.host_functions:
+                options["host_functions"] = spec.host_functions
+            if spec.config is not None:
+                options["guest_config"] = spec.config
+            if spec.wasi is not None:
+                options["wasi"] = spec.wasi
         elif spec.runtime is RuntimeType.PROCESS:
             options["command"] = [str(arg) for arg in spec.command or ()]
             if spec.env is not None:
@@ -108,10 +114,14 @@ class Launcher:
 
 def check_wasm_handler(spec: FunctionSpec, instance: RuntimeInstance) -> None:
     """A WASM function must name a handler its module exports (or the module must dispatch
-    by name itself): refused at deploy, not on every request."""
+    by name itself): refused at deploy, not on every request. A WASI command has one
+    function, `_start`; a function without `handler` runs it under its own name."""
     module = getattr(instance, "module", None)
     handlers = getattr(module, "handlers", None)
     if handlers is None or getattr(module, "has_dispatch", False):
+        return
+    if getattr(module, "kind", None) == "wasi_command" and spec.handler is None:
+        instance.channel.session.answer_as_start(spec.name)  # type: ignore[attr-defined]
         return
     if spec.handler_name not in handlers:
         shown = ", ".join(handlers) or "none"

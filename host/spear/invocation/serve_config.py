@@ -91,6 +91,7 @@ class LimitsSection(_Strict):
     max_message_size: PositiveInt | None = None
     memory_bytes: PositiveInt | None = None
     fuel: PositiveInt | None = None
+    loop_budget_ms: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
 
 
 class _FunctionBase(_Strict):
@@ -106,11 +107,24 @@ class _FunctionBase(_Strict):
     limits: LimitsSection = LimitsSection()
 
 
+class WasiSection(_Strict):
+    """What WASI grants a WASM function (default: nothing beyond clock, randomness, output)."""
+
+    env: dict[str, str] = {}
+    args: list[str] = []
+    preopens: dict[str, str] = {}  # guest path -> host directory (relative: to the file)
+    read_only: bool = True
+    stdout: Literal["log", "discard"] = "discard"
+    stderr: Literal["log", "discard"] = "log"
+
+
 class WasmFunction(_FunctionBase):
     runtime: Literal["wasm"]
     artifact: str
     handler: Annotated[str, Field(min_length=1)] | None = None
     dispatch: Literal["auto", "inline", "thread"] = "auto"
+    config: dict[str, str] = {}  # what the guest reads with spear.config_get
+    wasi: WasiSection | None = None
 
 
 class ProcessFunction(_FunctionBase):
@@ -260,7 +274,8 @@ def _function_spec(entry: _FunctionBase, config: ServeConfig) -> FunctionSpec:
     if isinstance(entry, WasmFunction):
         return FunctionSpec(entry.name, RuntimeType.WASM,
                             artifact=config.resolve(entry.artifact), handler=entry.handler,
-                            dispatch=entry.dispatch, **common)
+                            dispatch=entry.dispatch, config=entry.config or None,
+                            wasi=_wasi_config(entry.wasi, config), **common)
     if isinstance(entry, ProcessFunction):
         return FunctionSpec(entry.name, RuntimeType.PROCESS, command=tuple(entry.command),
                             env=dict(entry.env) or None,
@@ -286,6 +301,17 @@ def _function_spec(entry: _FunctionBase, config: ServeConfig) -> FunctionSpec:
                         endpoints=tuple(entry.endpoints) if entry.endpoints else None,
                         service=service, tcp_ports=tuple(entry.tcp_ports),
                         token=_pod_token(entry, config), tls=tls, **common)
+
+
+def _wasi_config(section: WasiSection | None, config: ServeConfig) -> Any:
+    if section is None:
+        return None
+    from spear.transport.wasm.wasi_config import WasiConfig
+
+    return WasiConfig(env=section.env, args=section.args,
+                      preopens={guest: config.resolve(host)
+                                for guest, host in section.preopens.items()},
+                      read_only=section.read_only, stdout=section.stdout, stderr=section.stderr)
 
 
 def _pod_token(entry: KubernetesFunction, config: ServeConfig) -> str | None:
@@ -316,7 +342,8 @@ _RUNTIMES = {"wasm", "process", "kubernetes"}
 def _known_keys() -> set[str]:
     keys: set[str] = set()
     for model in (ConfigFile, ServerSection, ServerTls, ServerAuth, LimitsSection,
-                  WasmFunction, ProcessFunction, KubernetesFunction, PodTls, ServiceSection):
+                  WasmFunction, WasiSection, ProcessFunction, KubernetesFunction, PodTls,
+                  ServiceSection):
         keys.update(model.model_fields)
     return keys
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from spear.runtime.base import Runtime, RuntimeInstance
 from spear.transport.wasm.arguments import check_positive_int
 from spear.transport.wasm.limits import DEFAULT_LOOP_BUDGET, MAX_MEMORY_LIMIT, GuestLimits
 from spear.transport.wasm.module import WasmModule
+from spear.transport.wasm.wasi_config import WasiConfig
 from spear.transport.wasm.wasm_host import WasmHost, default_host
 
 MAX_KEPT_MODULES = 64  # loaded modules remembered for reuse by later instances
@@ -42,12 +44,17 @@ def _check_limits(memory_limit: Any, fuel: Any, loop_budget_ms: Any, limits: Any
 
 
 class WasmRuntime(Runtime):
-    """Starts instances of WASM modules; each instance has its own store and channel.
+    """Starts instances of WASM modules (spear guests and WASI commands); each instance has
+    its own store and channel.
 
     Modules are compiled once per artifact and shared by every instance started from it.
     `loop_budget_ms` is how long guest code may hold the event loop per call (default 5 ms;
     see docs/wasm-abi.md); `limits` bounds what each guest can make the host hold. Engines and
     compiled modules belong to `host` (default: the process-wide one).
+
+    `start_instance(..., host_functions=, guest_config=, wasi=)` binds Python host functions
+    (sync or `async def`; the coroutines run on the loop that started the instance), the
+    configuration the guest reads and WASI options to one instance (docs/embedding.md).
     """
 
     runtime_type = RuntimeType.WASM
@@ -72,16 +79,30 @@ class WasmRuntime(Runtime):
         instance_id: RuntimeInstanceId | str,
         *,
         artifact: str | Path | bytes | WasmModule | None = None,
-        config: ChannelConfig | None = None,
+        config: ChannelConfig | Mapping[str, str] | None = None,
         memory_limit: int | None = None,
         fuel: int | None = None,
         loop_budget_ms: float | None = None,
         limits: GuestLimits | None = None,
+        host_functions: Mapping[str, Any] | None = None,
+        guest_config: Mapping[str, str] | None = None,
+        wasi: WasiConfig | None = None,
         **options: Any,
     ) -> WasmRuntimeInstance:
+        """Start an instance of `artifact` (a path, bytes or a loaded module).
+
+        `config` is the instance's `ChannelConfig`; a plain mapping given there is taken as
+        the guest's configuration (`guest_config`), so `config={"key": "value"}` works as it
+        does in `spear.wasm.load`.
+        """
         if options:
             raise InvalidConfiguration(f"unknown WASM instance options: {sorted(options)}")
         _check_limits(memory_limit, fuel, loop_budget_ms, limits)
+        if isinstance(config, Mapping):
+            if guest_config is not None:
+                raise InvalidConfiguration("give the guest's configuration once: config= (a "
+                                           "mapping) or guest_config=, not both")
+            guest_config, config = config, None
         iid = self._coerce_id(instance_id)
         if iid in self._instances:
             raise InvalidConfiguration(f"instance {iid.full_id} is already running")
@@ -101,7 +122,9 @@ class WasmRuntime(Runtime):
         budget: float | str = (config.extra.get("loop_budget_ms", self._loop_budget_ms)
                                if loop_budget_ms is None else loop_budget_ms)
         channel = await open_memory_channel(iid, module, config, loop_budget_ms=budget,
-                                            limits=limits or self._limits)
+                                            limits=limits or self._limits,
+                                            host_functions=host_functions,
+                                            guest_config=guest_config, wasi=wasi)
         instance = WasmRuntimeInstance(iid, channel, module)
         self._instances[iid] = instance
         return instance

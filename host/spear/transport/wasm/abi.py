@@ -6,6 +6,11 @@ import struct
 
 ABI_VERSION = 1
 SUPPORTED_ABI_VERSIONS = frozenset({ABI_VERSION})
+# Additions to v1 that old guests never see: a guest opts in by importing them, and a host
+# without them refuses such a guest at load, naming the import (docs/wasm-abi.md, "Version
+# negotiation"). Revision 1: send, recv, log, now. Revision 2: host_call, host_result,
+# config_get.
+ABI_REVISION = 2
 
 EXPORT_MEMORY = "memory"
 EXPORT_ABI_VERSION = "spear_abi_version"
@@ -16,6 +21,7 @@ EXPORT_INITIALIZE = "_initialize"
 HANDLER_PREFIX = "spear.handler."
 
 IMPORT_MODULE = "spear"
+EXPORT_START = "_start"  # a WASI command's entry point (docs/wasm-abi.md, "WASI commands")
 
 # The type of every export the host calls, as (params, results) of wasm value types; the host
 # checks them all when it loads a module (docs/wasm-abi.md, "Exports the guest provides").
@@ -53,6 +59,13 @@ OK = 0
 ERR_FULL = -2
 ERR_TOO_LARGE = -3
 ERR_BUFFER_TOO_SMALL = -4
+ERR_NOT_FOUND = -6  # no host function / configuration key of that name
+ERR_HOST_FUNCTION = -7  # the host function failed; its message is the result
+ERR_NOTHING_HELD = -8  # host_result: no result is waiting
+
+# A handler that passes a host function's failure on returns status 1 with this err_code;
+# the host then reports it as code "host_function", caused by the Python exception.
+CODE_HOST_FUNCTION = ERR_HOST_FUNCTION
 
 U32_MAX = 0xFFFFFFFF
 

@@ -129,6 +129,14 @@ void wasi_config_set_stderr_custom(wasi_config_t *, wasi_output_callback_t, void
 void wasi_config_set_stdout_custom(wasi_config_t *, wasi_output_callback_t, void *data,
                                    void (*finalizer)(void *));
 bool wasi_config_set_argv(wasi_config_t *, size_t argc, const char *argv[]);
+bool wasi_config_set_env(wasi_config_t *, size_t envc, const char *names[],
+                         const char *values[]);
+bool wasi_config_preopen_dir(wasi_config_t *, const char *host_path, const char *guest_path,
+                             bool fs_mutable);
+void wasi_config_set_stdin_bytes(wasi_config_t *, wasm_byte_vec_t *binary);
+void wasi_config_delete(wasi_config_t *);
+void wasm_byte_vec_new(wasm_byte_vec_t *out, size_t, const uint8_t *);
+bool wasmtime_error_exit_status(const wasmtime_error_t *, int *status);
 wasmtime_error_t *wasmtime_context_set_wasi(wasmtime_context_t *, wasi_config_t *);
 
 typedef struct wasm_importtype_t wasm_importtype_t;
@@ -151,6 +159,20 @@ const wasm_memorytype_t *wasm_externtype_as_memorytype_const(const wasm_externty
 bool wasmtime_memorytype_is64(const wasm_memorytype_t *);
 bool wasmtime_memorytype_isshared(const wasm_memorytype_t *);
 void wasmtime_module_image_range(const wasmtime_module_t *, void **start, void **end);
+
+const wasm_byte_vec_t *wasm_importtype_name(const wasm_importtype_t *);
+const wasm_externtype_t *wasm_importtype_type(const wasm_importtype_t *);
+typedef struct { uint32_t min; uint32_t max; } wasm_limits_t;
+typedef struct wasm_tabletype_t wasm_tabletype_t;
+typedef struct wasm_globaltype_t wasm_globaltype_t;
+const wasm_tabletype_t *wasm_externtype_as_tabletype_const(const wasm_externtype_t *);
+const wasm_globaltype_t *wasm_externtype_as_globaltype_const(const wasm_externtype_t *);
+const wasm_valtype_t *wasm_tabletype_element(const wasm_tabletype_t *);
+const wasm_limits_t *wasm_tabletype_limits(const wasm_tabletype_t *);
+const wasm_valtype_t *wasm_globaltype_content(const wasm_globaltype_t *);
+uint8_t wasm_globaltype_mutability(const wasm_globaltype_t *);
+uint64_t wasmtime_memorytype_minimum(const wasm_memorytype_t *);
+bool wasmtime_memorytype_maximum(const wasm_memorytype_t *, uint64_t *max);
 
 void wasmtime_error_message(const wasmtime_error_t *, wasm_byte_vec_t *message);
 void wasmtime_error_delete(wasmtime_error_t *);
@@ -296,6 +318,12 @@ def error_message(error: Any) -> str:
     lib.wasmtime_error_message(error, vec)
     lib.wasmtime_error_delete(error)
     return take_byte_vec(vec).decode("utf-8", "replace")
+
+
+def exit_status(error: Any) -> int | None:
+    """The status of a WASI `proc_exit` that ended the guest, if `error` is one (not freed)."""
+    status = ffi.new("int *")
+    return int(status[0]) if lib.wasmtime_error_exit_status(error, status) else None
 
 
 def trap_details(trap: Any) -> tuple[int | None, str]:

@@ -117,13 +117,3 @@ def _check_memory(kind: int, externtype: Any) -> None:
     if lib.wasmtime_memorytype_isshared(memorytype):
         raise _abi_error("export 'memory' must be a 32-bit linear memory, but it is a "
                          "shared one")
-
-
-def import_modules(module: Any) -> set[str]:
-    """Names of the modules the guest imports from (`spear`, `wasi_snapshot_preview1`...)."""
-    imports = ffi.new("wasm_importtype_vec_t *")
-    lib.wasmtime_module_imports(module, imports)
-    try:
-        return {_name(lib.wasm_importtype_module(imports.data[i])) for i in range(imports.size)}
-    finally:
-        lib.wasm_importtype_vec_delete(imports)

@@ -69,7 +69,7 @@ def spawn_guest(module: WasmModule, context: InstanceContext, limits: GuestLimit
     broke the ABI or could not be instantiated).
     """
     compiled = module.compiled
-    wasi = (WasiContextBuilder(module.name, compiled.linker.wasi_output)
+    wasi = (WasiContextBuilder(module.name, context.bindings.wasi, compiled.linker.wasi_output)
             if compiled.uses_wasi else None)
     store = Store(compiled.engine, context, memory_limit=module.memory_limit, limits=limits,
                   fuel=module.fuel, wasi=wasi)

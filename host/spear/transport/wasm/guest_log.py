@@ -1,6 +1,9 @@
-"""A guest's log output (`spear.log`, WASI stderr), rate-limited per instance.
+"""A guest's log output (`spear.log`, WASI stdout and stderr), rate-limited per instance.
 
-Guest lines go to the `spear.guest` logger with the instance's label. A token bucket bounds
+Guest lines go to the `spear.guest` logger, one record per line, the line as the message,
+with the instance's label (`record.instance`) and, for WASI output, the stream
+(`record.stream`) and the function that was running (`record.handler`, when known). A token
+bucket bounds
 records and bytes per second; what exceeds it is dropped and counted, and the count is
 reported in one WARNING line when the guest may log again (at most once a second, and when
 it is closed). The
@@ -21,6 +24,7 @@ guest_log = logging.getLogger("spear.guest")
 MAX_LOG_LINE = 16 * 1024  # longer lines are cut here
 LEVELS = {0: 5, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 STDERR_LEVEL = logging.WARNING
+STREAM_LEVELS = {"stdout": logging.INFO, "stderr": STDERR_LEVEL}
 REPORT_INTERVAL = 1.0  # seconds between two "records dropped" lines of one instance
 
 
@@ -36,7 +40,7 @@ class GuestLog:
         self._reported_records = 0
         self._reported_bytes = 0
         self._last_report = -REPORT_INTERVAL
-        self._stderr_line = bytearray()
+        self._partial = {stream: bytearray() for stream in STREAM_LEVELS}
         self._lock = threading.Lock()
 
     def _allow(self, size: int) -> bool:
@@ -69,10 +73,13 @@ class GuestLog:
                       extra={"instance": self.label})
 
     def write_stderr(self, data: memoryview) -> None:
-        """Bytes the guest wrote to WASI stderr: logged line by line."""
+        self.write_stream("stderr", data, None)
+
+    def write_stream(self, stream: str, data: memoryview, function: str | None) -> None:
+        """Bytes the guest wrote to WASI stdout or stderr: logged line by line."""
         lines: list[bytes] = []
         with self._lock:
-            buffer = self._stderr_line
+            buffer = self._partial[stream]
             start = 0
             size = len(data)
             while start < size:
@@ -100,8 +107,11 @@ class GuestLog:
             if lines:
                 self._report_dropped(self._refilled)
         for line in lines:
-            guest_log.log(STDERR_LEVEL, "%s", line.decode("utf-8", "replace"),
-                          extra={"instance": self.label, "stream": "stderr"})
+            self._emit(stream, line, function)
+
+    def _emit(self, stream: str, line: bytes, function: str | None) -> None:
+        guest_log.log(STREAM_LEVELS[stream], "%s", line.decode("utf-8", "replace"),
+                      extra={"instance": self.label, "stream": stream, "handler": function})
 
     def _report_dropped(self, now: float | None = None) -> None:
         records = self.dropped_records - self._reported_records
@@ -119,10 +129,10 @@ class GuestLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._stderr_line:
-                line = bytes(self._stderr_line)
-                self._stderr_line.clear()
-                if self._allow(len(line)):
-                    guest_log.log(STDERR_LEVEL, "%s", line.decode("utf-8", "replace"),
-                                  extra={"instance": self.label, "stream": "stderr"})
+            for stream, buffer in self._partial.items():
+                if buffer:
+                    line = bytes(buffer)
+                    buffer.clear()
+                    if self._allow(len(line)):
+                        self._emit(stream, line, None)
             self._report_dropped()

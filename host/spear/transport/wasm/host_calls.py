@@ -5,11 +5,17 @@ the implementation answers in place, with no per-call type objects. The implemen
 the calling instance's `InstanceContext` (through the store's data pointer) and the caller.
 A guest breaking the ABI inside a host call (`GuestFault`) traps with that message; a host
 call that must stop the guest at its deadline (`GuestInterrupted`) traps as an epoch
-interrupt would; any other exception is a host bug and traps as `host error`, never
-unwinding through wasm frames.
+interrupt would; a `GuestAbort` traps with its message and is re-raised to the caller when
+the guest has unwound (a KeyboardInterrupt inside a Python host function); any other
+exception is a host bug and traps as `host error`, never unwinding through wasm frames.
+
+How wasmtime reaches the implementation: with the native helper, through C callbacks in
+`native/fastcall.c` (`spear_host_trampoline` enters Python through cffi's `extern "Python"`,
+a direct C call; `spear.now` is answered in C); without it, through cffi ABI-mode callbacks
+(a libffi closure each, several times slower).
 
 The table is owned by a linker, which keeps the callbacks alive as long as anything made
-from it. More entries (other modules, Python host functions) are added with `add()`.
+from it. More entries are added with `add()`.
 """
 
 from __future__ import annotations
@@ -20,10 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from spear.transport.wasm import abi
-from spear.transport.wasm.capi import TRAP_INTERRUPT, WASM_I32, WASM_I64, error_message, ffi, lib
+from spear.transport.wasm.capi import (
+    EXTERN_MEMORY,
+    TRAP_INTERRUPT,
+    WASM_I32,
+    WASM_I64,
+    error_message,
+    ffi,
+    lib,
+)
 from spear.transport.wasm.guest_log import LEVELS, MAX_LOG_LINE
 from spear.transport.wasm.guest_memory import GuestFault
 from spear.transport.wasm.instance_context import InstanceContext
+from spear.transport.wasm.native_call import native, native_ffi
 
 Implementation = Callable[[InstanceContext, Any, Any], None]
 CALLBACK_TYPE = "size_t(void *, wasmtime_caller_t *, wasmtime_val_raw_t *, size_t)"
@@ -33,13 +48,28 @@ class GuestInterrupted(Exception):
     """A host call reached the running call's interrupt deadline (a blocking WASI call)."""
 
 
+class GuestAbort(Exception):
+    """Stop the guest now (a trap with this message) and re-raise `cause` to the caller once
+    it has unwound: what a Python host function raised that is not an `Exception`."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 @dataclass(frozen=True)
-class HostFunction:
+class HostImport:
+    """One function the host defines for guests: `module.name` of wasm type params ->
+    results, answered by `implementation(context, caller, args)`. `native` names a C
+    callback of the helper that answers it without Python (used when the helper is loaded).
+    """
+
     module: str
     name: str
     params: tuple[int, ...]
     results: tuple[int, ...]
     implementation: Implementation
+    native: str | None = None
 
 
 def _trap(message: str) -> int:
@@ -47,7 +77,31 @@ def _trap(message: str) -> int:
     return int(ffi.cast("size_t", lib.wasmtime_trap_new(encoded, len(encoded))))
 
 
-def _callback(function: HostFunction) -> Any:
+def trap_for(exc: BaseException, context: Any, label: str) -> int:
+    """The trap (as an address) that stops the guest for what a host call raised."""
+    if isinstance(exc, GuestFault):
+        return _trap(str(exc))
+    if isinstance(exc, GuestInterrupted):
+        return int(ffi.cast("size_t", lib.wasmtime_trap_new_code(TRAP_INTERRUPT)))
+    if isinstance(exc, GuestAbort):
+        if context is not None:
+            context.abort = exc.cause
+        return _trap(str(exc))
+    return _trap(f"{label}: host error: {type(exc).__name__}: {exc}")
+
+
+def _run(implementation: Implementation, label: str, context: InstanceContext, caller: Any,
+         args: Any) -> int:
+    """Run one host call; what it raises becomes a trap (0: returned normally)."""
+    try:
+        implementation(context, caller, args)
+    except Exception as exc:  # nothing may unwind through wasm frames
+        return trap_for(exc, context, label)
+    return 0
+
+
+def _callback(function: HostImport) -> Any:
+    """An ABI-mode callback (the path without the native helper)."""
     implementation = function.implementation
     label = f"{function.module}.{function.name}"
     from_handle = ffi.from_handle
@@ -57,16 +111,57 @@ def _callback(function: HostFunction) -> Any:
     def callback(env: Any, caller: Any, args: Any, nargs: int) -> int:
         try:
             context = from_handle(get_data(caller_context(caller)))
-            implementation(context, caller, args)
-        except GuestFault as fault:
-            return _trap(str(fault))
-        except GuestInterrupted:
-            return int(ffi.cast("size_t", lib.wasmtime_trap_new_code(TRAP_INTERRUPT)))
-        except Exception as exc:  # a host bug must not unwind through wasm frames
+        except Exception as exc:
             return _trap(f"{label}: host error: {type(exc).__name__}: {exc}")
-        return 0
+        return _run(implementation, label, context, caller, args)
 
     return ffi.callback(CALLBACK_TYPE, callback)
+
+
+# Implementations the native trampoline enters, by index (its `env`). Only host imports
+# defined by this package are registered, once each, so the list stays small.
+_NATIVE_ENTRIES: list[tuple[Implementation, str]] = []
+
+
+def _native_index(function: HostImport) -> int:
+    entry = (function.implementation, f"{function.module}.{function.name}")
+    for index, known in enumerate(_NATIVE_ENTRIES):
+        if known[0] is entry[0] and known[1] == entry[1]:
+            return index
+    _NATIVE_ENTRIES.append(entry)
+    return len(_NATIVE_ENTRIES) - 1
+
+
+def _address(symbol: str) -> Any:
+    return native_ffi.cast("void *", int(ffi.cast("uintptr_t", ffi.addressof(lib, symbol))))
+
+
+if native is not None:
+    _EXTERN_SIZE = ffi.sizeof("wasmtime_extern_t")
+    if _EXTERN_SIZE > 64:
+        raise ImportError(f"wasmtime_extern_t is {_EXTERN_SIZE} bytes; the native helper "
+                          "allows 64")
+    native.spear_host_api(native_ffi.new("spear_host_api_t *", {
+        "caller_context": _address("wasmtime_caller_context"),
+        "context_get_data": _address("wasmtime_context_get_data"),
+        "caller_export_get": _address("wasmtime_caller_export_get"),
+        "memory_data": _address("wasmtime_memory_data"),
+        "memory_data_size": _address("wasmtime_memory_data_size"),
+        "trap_new": _address("wasmtime_trap_new"),
+        "extern_size": _EXTERN_SIZE,
+        "extern_of": ffi.offsetof("wasmtime_extern_t", "of"),
+        "extern_memory": EXTERN_MEMORY,
+    }))
+    _native_from_handle = native_ffi.from_handle
+
+    @native_ffi.def_extern()  # type: ignore[untyped-decorator]
+    def spear_py_host(index: int, data: Any, caller: Any, args: Any) -> int:
+        try:
+            implementation, label = _NATIVE_ENTRIES[index]
+            context = _native_from_handle(data)
+        except Exception as exc:
+            return _trap(f"host error: {type(exc).__name__}: {exc}")
+        return _run(implementation, label, context, caller, args)
 
 
 def _functype(params: tuple[int, ...], results: tuple[int, ...]) -> Any:
@@ -83,25 +178,43 @@ def _functype(params: tuple[int, ...], results: tuple[int, ...]) -> Any:
 
 
 class HostCallTable:
-    def __init__(self, functions: Iterable[HostFunction] = ()) -> None:
-        self._functions: dict[tuple[str, str], HostFunction] = {}
-        self._callbacks: dict[tuple[str, str], Any] = {}
+    def __init__(self, functions: Iterable[HostImport] = ()) -> None:
+        self._functions: dict[tuple[str, str], HostImport] = {}
+        self._callbacks: dict[tuple[str, str], tuple[Any, Any]] = {}
         for function in functions:
             self.add(function)
 
-    def add(self, function: HostFunction) -> None:
+    def add(self, function: HostImport) -> None:
         key = (function.module, function.name)
         self._functions[key] = function
-        self._callbacks[key] = _callback(function)
+        if native is None:
+            self._callbacks[key] = (_callback(function), ffi.NULL)
+            return
+        symbol = function.native or "spear_host_trampoline"
+        pointer = native_ffi.addressof(native, symbol)
+        env = 0 if function.native else _native_index(function)
+        self._callbacks[key] = (
+            ffi.cast("wasmtime_func_unchecked_callback_t",
+                     int(native_ffi.cast("uintptr_t", pointer))),
+            ffi.cast("void *", env))
+
+    def names(self, module: str) -> set[str]:
+        """The functions this table defines in `module`."""
+        return {name for mod, name in self._functions if mod == module}
+
+    def signature(self, module: str, name: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        function = self._functions.get((module, name))
+        return None if function is None else (function.params, function.results)
 
     def define_on(self, linker: Any) -> None:
         """Define every entry on a wasmtime linker (shadowing earlier definitions)."""
         for key, function in self._functions.items():
             functype = _functype(function.params, function.results)
             module, name = (part.encode() for part in key)
+            callback, env = self._callbacks[key]
             error = lib.wasmtime_linker_define_func_unchecked(
                 linker, module, len(module), name, len(name), functype,
-                self._callbacks[key], ffi.NULL, ffi.NULL)
+                callback, env, ffi.NULL)
             lib.wasm_functype_delete(functype)
             if error != ffi.NULL:
                 raise RuntimeError(f"cannot define {module.decode()}.{name.decode()}: "
@@ -165,8 +278,8 @@ def _now(context: InstanceContext, caller: Any, args: Any) -> None:
 
 
 SPEAR_FUNCTIONS = (
-    HostFunction(abi.IMPORT_MODULE, "send", (WASM_I32,) * 4, (WASM_I32,), _send),
-    HostFunction(abi.IMPORT_MODULE, "recv", (WASM_I32,) * 5, (WASM_I32,), _recv),
-    HostFunction(abi.IMPORT_MODULE, "log", (WASM_I32,) * 3, (), _log),
-    HostFunction(abi.IMPORT_MODULE, "now", (), (WASM_I64,), _now),
+    HostImport(abi.IMPORT_MODULE, "send", (WASM_I32,) * 4, (WASM_I32,), _send),
+    HostImport(abi.IMPORT_MODULE, "recv", (WASM_I32,) * 5, (WASM_I32,), _recv),
+    HostImport(abi.IMPORT_MODULE, "log", (WASM_I32,) * 3, (), _log),
+    HostImport(abi.IMPORT_MODULE, "now", (), (WASM_I64,), _now, native="spear_host_now"),
 )

@@ -8,13 +8,15 @@ the mailbox) lives in `GuestSession` and the objects it uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spear.errors import InvalidConfiguration
 from spear.transport.wasm.arguments import check_positive_int
+from spear.transport.wasm.bindings import make_bindings
+from spear.transport.wasm.command_session import CommandSession
 from spear.transport.wasm.limits import DEFAULT_LIMITS, DEFAULT_MAX_MESSAGE, GuestLimits
 from spear.transport.wasm.mailbox import Mailbox
-from spear.transport.wasm.session import GuestSession
+from spear.transport.wasm.session import GuestSession, open_session
 from spear.transport.wasm.traps import CallFailure, CallResult
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class WasmInstance:
 
     def __init__(self, module: WasmModule, *, label: str | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE,
-                 limits: GuestLimits | None = None, setup_timeout: float | None = None) -> None:
+                 limits: GuestLimits | None = None, setup_timeout: float | None = None,
+                 host_functions: Any = None, config: Any = None, wasi: Any = None) -> None:
         check_positive_int(max_message_size, "max_message_size")
         if limits is not None and not isinstance(limits, GuestLimits):
             raise TypeError(f"limits must be a GuestLimits, not {type(limits).__name__}")
@@ -36,13 +39,16 @@ class WasmInstance:
             raise TypeError(f"label must be a str, not {type(label).__name__}")
         if setup_timeout is not None and setup_timeout <= 0:
             raise InvalidConfiguration(f"setup_timeout must be positive, got {setup_timeout}")
-        self._session = GuestSession(
+        bindings = make_bindings(module.bindings, host_functions=host_functions, config=config,
+                                 wasi=wasi, max_output=max_message_size)
+        self._session: GuestSession | CommandSession = open_session(
             module, label=label or module.name, max_message_size=max_message_size,
-            limits=limits or DEFAULT_LIMITS, setup_timeout=setup_timeout or module.setup_timeout)
+            limits=limits or DEFAULT_LIMITS, setup_timeout=setup_timeout or module.setup_timeout,
+            bindings=bindings)
         self._execute = self._session.execute
 
     @classmethod
-    def _wrap(cls, session: GuestSession) -> WasmInstance:
+    def _wrap(cls, session: GuestSession | CommandSession) -> WasmInstance:
         """The embedding surface over a session the channel already runs."""
         instance = cls.__new__(cls)
         instance._session = session
@@ -92,6 +98,11 @@ class WasmInstance:
     def mailbox(self) -> Mailbox:
         """Messages to and from the guest (`push`, `take_sent`; see docs/wasm-abi.md)."""
         return self._session.mailbox
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The configuration the guest reads (`spear.config_get`)."""
+        return dict(self._session.bindings.config)
 
     @property
     def closed(self) -> bool:

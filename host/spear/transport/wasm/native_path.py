@@ -11,9 +11,10 @@ from typing import Any
 from spear.transport.wasm.capi import ffi
 from spear.transport.wasm.guest import LiveGuest
 from spear.transport.wasm.guest_memory import GuestMemory
+from spear.transport.wasm.instance_context import InstanceContext
 from spear.transport.wasm.native_call import FUNCTIONS, from_native, native, native_ffi, to_native
 from spear.transport.wasm.ticker import EpochTicker
-from spear.transport.wasm.traps import CallFailure, CallResult, GuestTrap, signed
+from spear.transport.wasm.traps import CallFailure, CallResult, GuestTrap, application_error
 
 FAST_TRAPPED = -1
 FAST_STATUS = -3
@@ -49,6 +50,7 @@ class NativeCallPath:
         self._call = native.spear_call
         self._call_meta = native.spear_call_meta
         self._memory: GuestMemory | None = None
+        self._context: InstanceContext | None = None
 
     @property
     def calls(self) -> int:
@@ -62,6 +64,7 @@ class NativeCallPath:
         fast.deadline_armed = 0  # Python-side entries leave no deadline armed
         fast.interrupt_at_ns = 0
         self._memory = guest.memory
+        self._context = guest.store.instance_context
         self.memory_changed()
         self.request_buffer_changed(guest)
 
@@ -73,6 +76,7 @@ class NativeCallPath:
         fast.size = 0
         fast.req_cap = 0
         self._memory = None
+        self._context = None
 
     def memory_changed(self) -> None:
         memory = self._memory
@@ -115,7 +119,7 @@ class NativeCallPath:
         """Everything but plain success from the native call."""
         fast = self.native_struct
         if result == FAST_TRAPPED:
-            from spear.transport.wasm.capi import error_message, trap_details
+            from spear.transport.wasm.capi import error_message, exit_status, trap_details
 
             if fast.trap:
                 trap = from_native(fast.trap, "wasm_trap_t *")
@@ -127,7 +131,8 @@ class NativeCallPath:
                 raise GuestTrap(function, code, message)
             error = from_native(fast.error, "wasmtime_error_t *")
             fast.error = native_ffi.NULL
-            raise GuestTrap(function, None, error_message(error))
+            status = exit_status(error)  # before error_message frees it
+            raise GuestTrap(function, None, error_message(error), status)
         if result == FAST_BAD_POINTER:
             return CallFailure(False, f"guest returned an output of {fast.out_len} bytes at "
                                f"{fast.out_ptr:#x}, outside its {fast.size}-byte memory",
@@ -138,7 +143,8 @@ class NativeCallPath:
                 memory = self._memory
                 assert memory is not None
                 text = memory.slice(fast.out_ptr, fast.out_ptr + fast.out_len)
-                return CallFailure(False, text.decode("utf-8", "replace"),
-                                   signed(fast.err_code))
+                context = self._context
+                return application_error(text, fast.err_code,
+                                         context.host_failure if context else None)
             return CallFailure(False, f"guest returned invalid status {status}", "bad_status")
         return CallFailure(False, f"native call failed with {result}", "internal")

@@ -11,7 +11,7 @@ from typing import Any
 from spear.transport.wasm import abi
 from spear.transport.wasm.capi import ffi
 from spear.transport.wasm.guest import LiveGuest
-from spear.transport.wasm.traps import CallFailure, CallResult, signed
+from spear.transport.wasm.traps import CallFailure, CallResult, application_error
 
 _REQUEST_pack_into = abi.REQUEST.pack_into
 _RESPONSE_unpack_from = abi.RESPONSE.unpack_from
@@ -89,6 +89,6 @@ class PythonCallPath:
         if status == 0:
             return memory.view[out_ptr:end].tobytes()
         if status == 1:
-            return CallFailure(False, memory.view[out_ptr:end].tobytes().decode(
-                "utf-8", "replace"), signed(err_code))
+            return application_error(memory.view[out_ptr:end].tobytes(), err_code,
+                                     guest.store.instance_context.host_failure)
         return CallFailure(False, f"guest returned invalid status {status}", "bad_status")

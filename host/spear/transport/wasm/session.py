@@ -14,6 +14,7 @@ never started on the loop at all.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,15 +22,24 @@ from typing import TYPE_CHECKING, Any
 from spear.errors import ChannelClosed, ExecutionFailed, InvalidConfiguration
 from spear.transport.wasm import abi
 from spear.transport.wasm.arguments import as_input, check_function, check_timeout, encode_metadata
+from spear.transport.wasm.bindings import Bindings
 from spear.transport.wasm.guest import LiveGuest, spawn_guest
 from spear.transport.wasm.guest_log import GuestLog
 from spear.transport.wasm.instance_context import InstanceContext
 from spear.transport.wasm.limits import MAX_TIMEOUT, GuestLimits
 from spear.transport.wasm.mailbox import Mailbox
 from spear.transport.wasm.native_call import native
-from spear.transport.wasm.traps import CallFailure, CallResult, GuestTrap, needs_thread
+from spear.transport.wasm.traps import (
+    CallFailure,
+    CallResult,
+    GuestTrap,
+    exit_failure,
+    needs_thread,
+    reentrant_call,
+)
 
 if TYPE_CHECKING:
+    from spear.transport.wasm.command_session import CommandSession
     from spear.transport.wasm.module import WasmModule
     from spear.transport.wasm.native_path import NativeCallPath
     from spear.transport.wasm.python_path import PythonCallPath
@@ -45,9 +55,14 @@ def _ns(seconds: float) -> int:
 
 class GuestSession:
     def __init__(self, module: WasmModule, *, label: str, max_message_size: int,
-                 limits: GuestLimits, setup_timeout: float) -> None:
+                 limits: GuestLimits, setup_timeout: float, bindings: Bindings) -> None:
         self.module = module
         self.label = label
+        self.bindings = bindings
+        # WASI output lines name the running function: only then does a call record it.
+        self._names_calls = module.uses_wasi and "log" in (bindings.wasi.stdout,
+                                                           bindings.wasi.stderr)
+        self._context: InstanceContext | None = None
         self.limits = limits
         self.max_message_size = max_message_size
         self.setup_timeout = setup_timeout
@@ -111,14 +126,20 @@ class GuestSession:
         if self._closed:
             raise ChannelClosed(f"WASM instance {self.label} is closed")
         allowed = self.setup_timeout if timeout is None else timeout
-        context = InstanceContext(self.label, self.mailbox, self.log, self._path.native_struct)
+        context = InstanceContext(self.label, self.mailbox, self.log, self.bindings,
+                                  self._path.native_struct)
+        self._context = context
         try:
             guest = spawn_guest(self.module, context, self.limits, self.max_message_size,
                                 _monotonic_ns() + _ns(allowed))
         except GuestTrap as trap:
+            if context.abort is not None:
+                raise context.abort from None
             if trap.interrupted:
                 return CallFailure(True, f"guest did not finish {trap.where} within "
                                    f"{allowed:g} s (guest interrupted)", "timeout")
+            if trap.exit_status is not None:
+                return exit_failure(trap.exit_status, trap.where)
             return CallFailure(False, f"guest trapped in {trap.where}: {trap.reason}",
                                f"trap:{trap.kind}")
         except ExecutionFailed as exc:
@@ -157,7 +178,12 @@ class GuestSession:
             if metadata is not None and not isinstance(metadata, dict):
                 encode_metadata(metadata)  # raises TypeError naming the argument
             meta, meta_count = b"", 0
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            if self.bindings.reentrant():
+                return reentrant_call(self.label)
+            lock.acquire()
+        try:
             guest = self._guest
             if guest is None:
                 if self._closed:
@@ -174,6 +200,8 @@ class GuestSession:
                 handler = self._resolve(guest, function)
                 if handler is None:
                     return self._no_such_handler(function)
+            if self._names_calls:
+                self._context.function = function  # type: ignore[union-attr]
             total = handler.name_len + len(meta) + len(input)
             if total > guest.control.room:
                 started = _monotonic_ns()
@@ -210,6 +238,8 @@ class GuestSession:
             if self._mailbox.touched:
                 self.mailbox.commit()
             return result
+        finally:
+            lock.release()
 
     def _resolve(self, guest: LiveGuest, function: str) -> Any:
         module = self.module
@@ -274,7 +304,12 @@ class GuestSession:
     def _trapped(self, trap: GuestTrap, function: str, timeout: float | None,
                  budget: float | None) -> CallFailure:
         """A trap or an interrupt: the guest's state is unknown, so it is dropped."""
+        context = self._context
+        abort = context.abort if context is not None else None
         self._drop()
+        if abort is not None:
+            self.mailbox.commit()
+            raise abort
         where = "" if trap.where == function else f" in {trap.where}"
         if trap.interrupted:
             if budget is not None and (timeout is None or budget < timeout):
@@ -284,13 +319,21 @@ class GuestSession:
             return CallFailure(True, f"{function!r} did not finish within {timeout} s "
                                f"(guest interrupted{where})", "timeout")
         self.mailbox.commit()
+        if trap.exit_status is not None:
+            return exit_failure(trap.exit_status, trap.where)
         return CallFailure(False, f"guest trapped in {trap.where!r}: {trap.reason}",
                            f"trap:{trap.kind}")
 
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
-        with self._lock:
+        if not self._lock.acquire(False):
+            if self.bindings.reentrant():
+                raise ExecutionFailed(f"WASM instance {self.label} cannot be closed from one "
+                                      "of its own host functions", "reentrant")
+            self._lock.acquire()
+        with contextlib.ExitStack() as held:
+            held.callback(self._lock.release)
             if self._closed:
                 return
             self._closed = True
@@ -300,3 +343,17 @@ class GuestSession:
                 self._path.unbind()
                 guest.close()
         self.log.close()
+
+
+def open_session(module: WasmModule, *, label: str, max_message_size: int,
+                 limits: GuestLimits, setup_timeout: float,
+                 bindings: Bindings) -> GuestSession | CommandSession:
+    """The session that runs `module`: a live guest (spear ABI) or a run per call (WASI
+    command)."""
+    if module.kind == "wasi_command":
+        from spear.transport.wasm.command_session import CommandSession
+
+        return CommandSession(module, label=label, max_message_size=max_message_size,
+                              limits=limits, setup_timeout=setup_timeout, bindings=bindings)
+    return GuestSession(module, label=label, max_message_size=max_message_size, limits=limits,
+                        setup_timeout=setup_timeout, bindings=bindings)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from spear.errors import ExecutionFailed
-from spear.transport.wasm.capi import error_message, ffi, lib, one_line, trap_details
+from spear.transport.wasm.capi import error_message, exit_status, ffi, lib, one_line, trap_details
 from spear.transport.wasm.engine import Engine
 from spear.transport.wasm.instance_context import InstanceContext
 from spear.transport.wasm.limits import GuestLimits
@@ -93,6 +93,9 @@ class Store(Managed):
             trap[0] = _NULL
             raise GuestTrap("the start function", code, message)
         if error != _NULL:
+            status = exit_status(error)
+            if status is not None:
+                raise GuestTrap("the start function", None, error_message(error), status)
             raise ExecutionFailed(f"cannot instantiate: {one_line(error_message(error))}",
                                   "instantiate")
         return instance
@@ -110,4 +113,5 @@ class Store(Managed):
             trap[0] = _NULL
             raise GuestTrap(where, code, message)
         if error != _NULL:
-            raise GuestTrap(where, None, error_message(error))
+            status = exit_status(error)  # before error_message frees it
+            raise GuestTrap(where, None, error_message(error), status)

@@ -9,16 +9,24 @@ the error an embedder sees.
 from __future__ import annotations
 
 from spear.errors import CommunicationError, ExecutionFailed, Timeout
+from spear.transport.wasm.abi import CODE_HOST_FUNCTION
 from spear.transport.wasm.capi import TRAP_INTERRUPT, TRAP_NAMES, one_line
+
+MAX_STDERR_IN_MESSAGE = 2048  # characters of a failed command's stderr in its error
 
 
 class GuestTrap(Exception):
-    """Guest code entered at `where` trapped (code None: a wasmtime error or a host call)."""
+    """Guest code entered at `where` trapped (code None: a wasmtime error or a host call).
 
-    def __init__(self, where: str, code: int | None, message: str) -> None:
+    `exit_status` is set when the guest ended itself with WASI `proc_exit(status)`.
+    """
+
+    def __init__(self, where: str, code: int | None, message: str,
+                 exit_status: int | None = None) -> None:
         self.where = where
         self.code = code
         self.raw = message
+        self.exit_status = exit_status
         super().__init__(f"{where}: {message}")
 
     @property
@@ -45,19 +53,26 @@ class CallFailure:
     effects undone; run it again off the loop (the channel does).
     """
 
-    __slots__ = ("code", "message", "needs_thread", "timed_out")
+    __slots__ = ("cause", "code", "error_code", "message", "needs_thread", "timed_out")
 
     def __init__(self, timed_out: bool, message: str, code: str | None,
-                 needs_thread: bool = False) -> None:
+                 needs_thread: bool = False, *, error_code: int | None = None,
+                 cause: BaseException | None = None) -> None:
         self.timed_out = timed_out
         self.message = message
         self.code = code
         self.needs_thread = needs_thread
+        self.error_code = error_code  # the guest's own integer code, if it gave one
+        self.cause = cause  # what a Python host function raised, if that is why
 
     def exception(self) -> CommunicationError:
+        error: CommunicationError
         if self.timed_out:
-            return Timeout(self.message)
-        return ExecutionFailed(self.message, self.code)
+            error = Timeout(self.message)
+        else:
+            error = ExecutionFailed(self.message, self.code, error_code=self.error_code)
+        error.__cause__ = self.cause
+        return error
 
     def __repr__(self) -> str:
         return f"CallFailure({self.message!r}, code={self.code!r})"
@@ -70,6 +85,31 @@ def needs_thread(why: str) -> CallFailure:
     return CallFailure(False, why, "needs_thread", needs_thread=True)
 
 
-def signed(err_code: int) -> str:
+def signed(err_code: int) -> int:
     """The guest's `err_code` is an i32 (docs/wasm-abi.md); it arrives as a u32."""
-    return str(err_code - (1 << 32) if err_code >= 1 << 31 else err_code)
+    return err_code - (1 << 32) if err_code >= 1 << 31 else err_code
+
+
+def application_error(message: bytes, err_code: int,
+                      host_failure: BaseException | None) -> CallFailure:
+    """A handler's status 1: the guest's message and code. Code `CODE_HOST_FUNCTION` means
+    the guest passed a host function's failure on (code "host_function", caused by it)."""
+    text = message.decode("utf-8", "replace")
+    code = signed(err_code)
+    if code == CODE_HOST_FUNCTION:
+        return CallFailure(False, text, "host_function", cause=host_failure)
+    return CallFailure(False, text, str(code), error_code=code)
+
+
+def exit_failure(status: int, where: str, stderr_tail: str = "") -> CallFailure:
+    """The guest ended itself with a non-zero WASI exit status."""
+    message = f"{where!r} exited with code {status}"
+    if stderr_tail:
+        message += f": {stderr_tail[-MAX_STDERR_IN_MESSAGE:]}"
+    return CallFailure(False, message, f"exit:{status}", error_code=status)
+
+
+def reentrant_call(label: str) -> CallFailure:
+    return CallFailure(False, f"re-entrant call refused: a host function of WASM instance "
+                       f"{label} called back into the same instance, which is busy running "
+                       "the guest that called it (call another instance instead)", "reentrant")

@@ -1,9 +1,10 @@
-"""WASI preview 1 for guests built against wasi-libc: each instance's context, and the WASI
+"""WASI preview 1 for guests built against wasi-libc: each store's context, and the WASI
 functions the host replaces so that no WASI call can outlast the guest call's deadline.
 
-The context grants nothing beyond a clock, randomness and output: no files or directories,
-no environment, no sockets, `argv` = the module's name, stdout discarded, stderr into the
-instance's rate-limited log. `WasiContextBuilder` is where further options go.
+`WasiContextBuilder` builds a store's context from the instance's `WasiConfig`
+(wasi_config.py; default-deny: a clock, randomness, `argv` = the module's name, stdout
+discarded, stderr logged) and, for a WASI command call, the call's input as stdin. Output
+goes through the callbacks of wasi_output.py.
 
 `poll_oneoff` is the one WASI function that blocks (a clock subscription is how wasi-libc
 sleeps). wasmtime's version sleeps as long as the guest asks, past any epoch deadline, so the
@@ -14,15 +15,17 @@ answered at once (there are only stdin, at end of file, and the two output strea
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import time
 from typing import Any
 
+from spear.errors import ExecutionFailed
 from spear.transport.wasm.capi import WASM_I32, ffi, lib
 from spear.transport.wasm.guest_memory import GuestFault
-from spear.transport.wasm.host_calls import GuestInterrupted, HostFunction
+from spear.transport.wasm.host_calls import GuestInterrupted, HostImport
 from spear.transport.wasm.instance_context import InstanceContext
+from spear.transport.wasm.wasi_config import WasiConfig
+from spear.transport.wasm.wasi_output import WasiOutput
 
 WASI_MODULE = "wasi_snapshot_preview1"
 
@@ -104,38 +107,48 @@ def _sleep_until(monotonic_ns: int) -> None:
 
 
 WASI_SHADOWS = (
-    HostFunction(WASI_MODULE, "poll_oneoff", (WASM_I32,) * 4, (WASM_I32,), poll_oneoff),
+    HostImport(WASI_MODULE, "poll_oneoff", (WASM_I32,) * 4, (WASM_I32,), poll_oneoff),
 )
 
 
-def _stderr(data: Any, buf: Any, length: int) -> int:
-    context: InstanceContext = ffi.from_handle(data)
-    # Losing a log line must never fail the guest's write.
-    with contextlib.suppress(Exception):
-        context.log.write_stderr(memoryview(ffi.buffer(buf, length)))
-    return length
-
-
-class WasiOutput:
-    """The callbacks WASI output streams write through; owned by the linker's owner."""
-
-    def __init__(self) -> None:
-        self.stderr = ffi.callback("ptrdiff_t(void *, const unsigned char *, size_t)", _stderr)
-
-
 class WasiContextBuilder:
-    """Builds one instance's WASI configuration (the store takes ownership of it)."""
+    """Builds one store's WASI configuration (the store takes ownership of it)."""
 
-    def __init__(self, program: str, output: WasiOutput) -> None:
-        self.argv = [program]
+    def __init__(self, program: str, config: WasiConfig, output: WasiOutput,
+                 stdin: bytes | None = None) -> None:
+        self.argv = [program, *config.args]
+        self.config = config
+        self.stdin = config.stdin if stdin is None else stdin
         self._output = output
 
     def build(self, context_handle: Any) -> Any:
         config = lib.wasi_config_new()
-        strings = [ffi.new("char[]", arg.encode()) for arg in self.argv]
-        argv = ffi.new("const char *[]", strings)
-        if not lib.wasi_config_set_argv(config, len(strings), argv):
-            raise ValueError("WASI argv must be valid UTF-8")
-        # stdout is left unset: wasmtime discards it. stderr goes to the instance's log.
-        lib.wasi_config_set_stderr_custom(config, self._output.stderr, context_handle, ffi.NULL)
+        try:
+            self._fill(config, context_handle)
+        except BaseException:
+            lib.wasi_config_delete(config)
+            raise
         return config
+
+    def _fill(self, config: Any, context_handle: Any) -> None:
+        strings = [ffi.new("char[]", arg.encode()) for arg in self.argv]
+        if not lib.wasi_config_set_argv(config, len(strings), ffi.new("const char *[]", strings)):
+            raise ExecutionFailed("WASI argv must be valid UTF-8", "wasi")
+        env = self.config.env
+        if env:
+            names = [ffi.new("char[]", key.encode()) for key in env]
+            values = [ffi.new("char[]", value.encode()) for value in env.values()]
+            if not lib.wasi_config_set_env(config, len(names), ffi.new("const char *[]", names),
+                                           ffi.new("const char *[]", values)):
+                raise ExecutionFailed("WASI environment must be valid UTF-8", "wasi")
+        for guest, host in self.config.preopens.items():
+            if not lib.wasi_config_preopen_dir(config, str(host).encode(), guest.encode(),
+                                               not self.config.read_only):
+                raise ExecutionFailed(
+                    f"cannot open host directory {host!r} for the guest as {guest!r}", "wasi")
+        if self.stdin:
+            vec = ffi.new("wasm_byte_vec_t *")
+            lib.wasm_byte_vec_new(vec, len(self.stdin), self.stdin)
+            lib.wasi_config_set_stdin_bytes(config, vec)  # takes the bytes
+        lib.wasi_config_set_stdout_custom(config, self._output.stdout, context_handle, ffi.NULL)
+        lib.wasi_config_set_stderr_custom(config, self._output.stderr, context_handle, ffi.NULL)

@@ -27,9 +27,11 @@ from spear.transport.wasm.module_cache import (
     ModuleCache,
     default_cache_dir,
 )
+from spear.transport.wasm.module_info import ModuleInfo
 from spear.transport.wasm.module_lru import DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_MODULES, ModuleLRU
 
 if TYPE_CHECKING:
+    from spear.transport.wasm.command_session import CommandSession
     from spear.transport.wasm.module import WasmModule
     from spear.transport.wasm.session import GuestSession
 
@@ -49,7 +51,7 @@ class WasmHost:
         self.modules = ModuleLRU(max_modules, max_module_bytes)
         self._cache_max_bytes = cache_max_bytes
         self._caches: collections.OrderedDict[Path, ModuleCache] = collections.OrderedDict()
-        self._sessions: weakref.WeakSet[GuestSession] = weakref.WeakSet()
+        self._sessions: weakref.WeakSet[GuestSession | CommandSession] = weakref.WeakSet()
         self._closed = False
 
     # ------------------------------------------------------------------ loading
@@ -57,12 +59,24 @@ class WasmHost:
     def load(self, source: str | Path | bytes | bytearray | memoryview, *,
              memory_limit: int | None = None, fuel: int | None = None,
              cache_dir: Path | bool | None = True, setup_timeout: float | None = None,
-             name: str | None = None) -> WasmModule:
-        """Compile (or take from the caches) a spear guest module; see `spear.wasm.load`."""
+             name: str | None = None, host_functions: Any = None, config: Any = None,
+             wasi: Any = None) -> WasmModule:
+        """Compile (or take from the caches) a spear guest or WASI command; see
+        `spear.wasm.load`."""
         from spear.transport.wasm.module import WasmModule
 
         return WasmModule._load(self, source, memory_limit=memory_limit, fuel=fuel,
-                                cache_dir=cache_dir, setup_timeout=setup_timeout, name=name)
+                                cache_dir=cache_dir, setup_timeout=setup_timeout, name=name,
+                                host_functions=host_functions, config=config, wasi=wasi)
+
+    def describe(self, source: str | Path | bytes | bytearray | memoryview, *,
+                 cache_dir: Path | bool | None = True) -> ModuleInfo:
+        """What any module is (kind, imports, exports, memories), without running or linking
+        it; see `spear.wasm.describe`."""
+        from spear.transport.wasm.module import read_module
+
+        wasm, _ = read_module(source)
+        return self.compiled(wasm, EngineOptions(), cache_dir).info
 
     def compiled(self, wasm: bytes, options: EngineOptions,
                  cache_dir: Path | bool | None) -> CompiledModule:
@@ -150,7 +164,7 @@ class WasmHost:
 
     # ------------------------------------------------------------------ instances
 
-    def track(self, session: GuestSession) -> None:
+    def track(self, session: GuestSession | CommandSession) -> None:
         with self._lock:
             if self._closed:
                 raise ChannelClosed("this WASM host is closed")

@@ -151,6 +151,78 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
     return ((int64_t)f->out_len << 32) | f->out_ptr;
 }
 
+/* ---------------------------------------------------------------- host functions */
+
+typedef void *(*caller_context_fn)(void *caller);
+typedef void *(*context_get_data_fn)(const void *context);
+typedef _Bool (*caller_export_get_fn)(void *caller, const char *name, size_t len, void *item);
+typedef uint8_t *(*memory_data_fn)(const void *context, const void *memory);
+typedef size_t (*memory_data_size_fn)(const void *context, const void *memory);
+typedef void *(*trap_new_fn)(const char *message, size_t len);
+
+static spear_host_api_t host;
+
+/* Defined by cffi (build_fastcall.py declares them `extern "Python"`). */
+static size_t spear_py_host(intptr_t index, void *data, void *caller, spear_val_t *args);
+static int32_t spear_py_host_call(void *data, const char *name, uint32_t name_len,
+                                  const char *input, uint32_t input_len, char *out,
+                                  uint32_t out_cap, uint32_t *out_len, void **trap);
+
+void spear_host_api(const spear_host_api_t *api)
+{
+    host = *api;
+}
+
+size_t spear_host_trampoline(void *env, void *caller, spear_val_t *args, size_t nargs)
+{
+    (void)nargs;
+    void *data = ((context_get_data_fn)host.context_get_data)(
+        ((caller_context_fn)host.caller_context)(caller));
+    return spear_py_host((intptr_t)env, data, caller, args);
+}
+
+size_t spear_host_now(void *env, void *caller, spear_val_t *args, size_t nargs)
+{
+    (void)env; (void)caller; (void)nargs;
+    args[0].i64 = (int64_t)now_ns();
+    return 0;
+}
+
+static size_t host_trap(const char *message)
+{
+    return (size_t)((trap_new_fn)host.trap_new)(message, strlen(message));
+}
+
+/* host_call(name_ptr, name_len, in_ptr, in_len, out_ptr, out_cap, len_ptr) -> i32 */
+size_t spear_host_call_cb(void *env, void *caller, spear_val_t *args, size_t nargs)
+{
+    (void)env; (void)nargs;
+    uint64_t item[8];  /* a wasmtime_extern_t (extern_size <= sizeof item, checked at import) */
+    void *context = ((caller_context_fn)host.caller_context)(caller);
+    if (!((caller_export_get_fn)host.caller_export_get)(caller, "memory", 6, item)
+        || ((uint8_t *)item)[0] != host.extern_memory)
+        return host_trap("spear.host_call: the guest exports no memory");
+    const void *memory = (const uint8_t *)item + host.extern_of;
+    uint8_t *base = ((memory_data_fn)host.memory_data)(context, memory);
+    uint64_t size = ((memory_data_size_fn)host.memory_data_size)(context, memory);
+    uint32_t a[7];
+    for (int i = 0; i < 7; i++) a[i] = (uint32_t)args[i].i32;
+    if ((uint64_t)a[0] + a[1] > size) return host_trap("spear.host_call name: pointer out of bounds");
+    if ((uint64_t)a[2] + a[3] > size) return host_trap("spear.host_call input: pointer out of bounds");
+    if ((uint64_t)a[4] + a[5] > size) return host_trap("spear.host_call output: pointer out of bounds");
+    if ((uint64_t)a[6] + 4 > size) return host_trap("spear.host_call length: pointer out of bounds");
+    uint32_t out_len = 0;
+    void *trap = 0;
+    int32_t rc = spear_py_host_call(((context_get_data_fn)host.context_get_data)(context),
+                                    (const char *)base + a[0], a[1],
+                                    (const char *)base + a[2], a[3],
+                                    (char *)base + a[4], a[5], &out_len, &trap);
+    if (trap) return (size_t)trap;
+    memcpy(base + a[6], &out_len, 4);  /* may be unaligned */
+    args[0].i32 = rc;
+    return 0;
+}
+
 /* The common call: no metadata. Fewer arguments cost less to pass. */
 int64_t spear_call(spear_fast_t *f, const spear_handler_t *h,
                    const uint8_t *input, uint32_t input_len, uint64_t timeout_ns,

@@ -55,6 +55,39 @@ int64_t spear_call_meta(spear_fast_t *f, const spear_handler_t *h,
                         uint64_t budget_ns, const uint8_t *meta, uint32_t meta_len,
                         uint32_t meta_count);
 
+/* wasmtime_val_raw_t (16 bytes): a host function's arguments in, its results out. */
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+} spear_val_t;
+
+/* The wasmtime functions the host-function callbacks below use, handed over once. */
+typedef struct {
+    void *caller_context;        /* wasmtime_caller_context */
+    void *context_get_data;      /* wasmtime_context_get_data */
+    void *caller_export_get;     /* wasmtime_caller_export_get */
+    void *memory_data;           /* wasmtime_memory_data */
+    void *memory_data_size;      /* wasmtime_memory_data_size */
+    void *trap_new;              /* wasmtime_trap_new */
+    uint32_t extern_size;        /* sizeof(wasmtime_extern_t) */
+    uint32_t extern_of;          /* offsetof(wasmtime_extern_t, of) */
+    uint32_t extern_memory;      /* WASMTIME_EXTERN_MEMORY */
+} spear_host_api_t;
+
+/* Host functions defined with wasmtime_linker_define_func_unchecked point at these
+ * callbacks. `spear_host_trampoline` finds the calling instance's data (the store's data
+ * pointer) and enters the Python implementation number `(intptr_t)env` through cffi's
+ * `extern "Python"` (no libffi closure); `spear_host_now` needs no Python at all;
+ * `spear_host_call_cb` (`spear.host_call`) reads and bounds-checks its arguments against
+ * guest memory in C and hands Python only the name, the input and the output buffer. */
+void spear_host_api(const spear_host_api_t *api);
+size_t spear_host_trampoline(void *env, void *caller, spear_val_t *args, size_t nargs);
+size_t spear_host_now(void *env, void *caller, spear_val_t *args, size_t nargs);
+size_t spear_host_call_cb(void *env, void *caller, spear_val_t *args, size_t nargs);
+
 /* Ticker bookkeeping for guest entries made from Python (atomic, like the C calls'). */
 void spear_ticker_enter(spear_ticker_t *t);
 void spear_ticker_leave(spear_ticker_t *t);
