@@ -291,10 +291,15 @@ class Spearlet:
     def _unusual(
         self, pool: InstancePool, slot: Slot, request: ExecutionRequest, response: object,
     ) -> ExecutionResponse:
-        """A reply that is not a success: count it by kind; make it an `ExecutionResponse`."""
+        """A reply that is not a success: count it by kind; make it an `ExecutionResponse`
+        (or raise `Timeout` for an instance's own timeout reply)."""
         if isinstance(response, ExecutionResponse):
             if response.status is ExecutionStatus.TIMEOUT:
+                # The instance timed the request out before our own deadline fired: the
+                # same `Timeout` either way, whichever side was first.
                 slot.stats.error("timeout")
+                raise SpearTimeout(f"{pool.spec.name!r}: "
+                                   f"{response.error_message or 'timed out'}")
             else:
                 slot.stats.error(response.error_code or "error")
             return response
