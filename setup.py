@@ -4,6 +4,8 @@ Metadata lives in pyproject.toml; this file adds
 - the fast-call helper, a cffi extension compiled with the build machine's C compiler.
   It is optional: without a compiler the package still builds and runs on the slower
   pure-Python call path (which says so once, at WARNING).
+- the wire codec's hot path (`spear.protocol._wire`), a small CPython extension, optional in
+  the same way: without it the pure-Python codec does everything (and says so once).
 - the `dev` extra's guest SDK. An editable install is a checkout, so `spear-guest` comes from
   the `guest_sdk/` folder beside this file (see build_support/spear_build_backend.py); a
   built wheel cannot point at a folder and leaves it out.
@@ -20,6 +22,7 @@ from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 NATIVE = ROOT / "host" / "spear" / "transport" / "wasm" / "native"
+WIRE = Path("host") / "spear" / "protocol" / "native" / "wire.c"
 
 
 def native_extensions() -> list[Extension]:
@@ -32,7 +35,9 @@ def native_extensions() -> list[Extension]:
         sys.path.remove(str(NATIVE))
     extension = make_builder().distutils_extension(tmpdir=str(ROOT / "build" / "cffi"))
     extension.optional = True  # no compiler: build anyway, run on the Python path
-    return [extension]
+    wire = Extension("spear.protocol._wire", sources=[str(WIRE)], extra_compile_args=["-O2"],
+                     optional=True)
+    return [extension, wire]
 
 
 def extras() -> dict[str, list[str]]:

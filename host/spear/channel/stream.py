@@ -6,8 +6,13 @@ has already been authenticated (see `channel.handshake`).
 
 Per message it does as little as it can: frames are split and decoded inside the
 transport's read callback, each reply completes the future of the request waiting for it,
-writes made in one loop iteration leave in one send, and deadlines sit in one FIFO per
-distinct timeout behind a single timer. No task is created per message.
+writes made in one loop iteration leave in one send, and no task or timer is created per
+message. Deadlines cost nothing when a request is sent: a sweep that runs now and then while
+requests are in flight gives each request it has not seen yet the deadline `now + timeout`
+(the request was sent before `now`, so it never expires early) and fails those past theirs.
+Most requests are answered before any sweep sees them. The sweep comes at least every
+`SWEEP_FRACTION` of the shortest timeout in flight (and within `MAX_SWEEP_INTERVAL`), so a
+request times out at most that much late.
 
 Bounded before trusted: at most `HOST_MAX_IN_FLIGHT` requests wait at once (one more fails
 with `TooManyInFlight`), unsolicited messages wait for `receive()` within `HOST_INBOX_BYTES`,
@@ -17,7 +22,6 @@ and a reply nobody waits for is dropped and counted (`ChannelStats.messages_drop
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import ssl as ssl_module
@@ -39,7 +43,7 @@ from spear.errors import (
 )
 from spear.instance_id import RuntimeInstanceId
 from spear.protocol import codec
-from spear.protocol.framing import frame
+from spear.protocol.framing import HEADER_SIZE, frame
 from spear.protocol.limits import HOST_INBOX_BYTES, HOST_MAX_IN_FLIGHT
 from spear.protocol.messages import (
     Ack,
@@ -60,14 +64,20 @@ log = logging.getLogger(__name__)
 
 # Heartbeats a peer may leave unanswered (with no other traffic either) before it is dead.
 MISSED_HEARTBEATS = 3
-# Distinct request timeouts that get a deadline queue; others fall back to a timer each.
-MAX_DEADLINE_QUEUES = 16
+# How late a request may time out, as a fraction of its timeout: the deadline sweep comes at
+# least this often while requests are in flight.
+SWEEP_FRACTION = 1 / 16
+MAX_SWEEP_INTERVAL = 0.5
+MIN_SWEEP_INTERVAL = 0.001
+# A sweep looks at every request in flight; with very many of them it comes less often (this
+# many seconds per request at least), so that it never takes more than a sliver of the CPU.
+SWEEP_COST_PER_REQUEST = 2e-6
 
 CloseCallback = Callable[["StreamChannel", CommunicationError], None]
-_Deadline = tuple[float, str, "asyncio.Future[RuntimeMessage]"]
+_Future = asyncio.Future[RuntimeMessage]
 
 _encode = codec.encode
-_encode_request = codec.encode_request
+_request_frame = codec.request_frame
 _decode = codec.decode
 _perf_counter = time.perf_counter
 _NEVER = float("inf")
@@ -94,9 +104,12 @@ class StreamChannel(CommunicationChannel):
         self._peer = peer or stream.peer()
         self._loop = asyncio.get_running_loop()
         self._max_size = config.max_message_size
+        self._max_frame = config.max_message_size + HEADER_SIZE
         self._max_in_flight = max_in_flight
         self._request_timeout = config.request_timeout
-        self._futures: dict[str, asyncio.Future[RuntimeMessage]] = {}
+        # Requests in flight: id -> (the future its caller awaits, its timeout; 0 for none).
+        self._pending: dict[str, tuple[_Future, float]] = {}
+        self._create_future = self._loop.create_future
         self._stats = StatsRecorder()
         self._inbox = Inbox(inbox_bytes)
         self._closed: CommunicationError | None = None
@@ -104,11 +117,10 @@ class StreamChannel(CommunicationChannel):
         self._closed_event = asyncio.Event()
         self._closed_by_peer = False
         self._heartbeat_id: str | None = None
-        self._heard = False
-        self._deadlines: dict[float, collections.deque[_Deadline]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = _NEVER  # when `_timer` fires
-        self._time = self._loop.time
+        # Deadlines of the requests a sweep has seen (perf_counter clock), and the next sweep.
+        self._deadlines: dict[_Future, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = _NEVER  # when `_sweep` runs
         self._heartbeat_task: asyncio.Task[None] | None = None
         if config.keepalive_interval_ms > 0:
             self._heartbeat_task = self._loop.create_task(
@@ -157,7 +169,7 @@ class StreamChannel(CommunicationChannel):
 
     @property
     def in_flight(self) -> int:
-        return len(self._futures)
+        return len(self._pending)
 
     async def send(self, message: RuntimeMessage) -> None:
         """Send one message that expects no reply (or whose reply arrives via `receive`)."""
@@ -178,37 +190,41 @@ class StreamChannel(CommunicationChannel):
         On timeout the peer is sent `Cancel(request_id)` and `Timeout` is raised.
         """
         cls = type(request)
-        if cls is not ExecutionRequest and cls is not HealthCheck:
+        if cls is ExecutionRequest:
+            data = _request_frame(request)  # type: ignore[arg-type]
+        elif cls is HealthCheck:
+            data = frame(_encode(request))
+        else:
             raise InvalidMessage(
                 f"request_response takes an ExecutionRequest or HealthCheck, not {cls.__name__}"
             )
         if self._closed is not None:
             raise ChannelClosed(f"channel to {self._instance_id.full_id} is closed: {self._closed}")
-        payload = _encode_request(request) if cls is ExecutionRequest else _encode(request)  # type: ignore[arg-type]
-        if len(payload) > self._max_size:
+        if len(data) > self._max_frame:
             self._checked(request)  # raises, naming the sizes
         request_id: str = request.request_id  # type: ignore[union-attr]
-        futures = self._futures
-        if request_id in futures:
+        pending = self._pending
+        if request_id in pending:
             raise DuplicateRequestId(f"request id {request_id!r} is already in flight")
-        if len(futures) >= self._max_in_flight:
+        if len(pending) >= self._max_in_flight:
             raise TooManyInFlight(
-                f"channel to {self._instance_id.full_id} already has {len(futures)} requests "
+                f"channel to {self._instance_id.full_id} already has {len(pending)} requests "
                 f"in flight, its maximum"
             )
+        stream = self._stream
         # Out first, bookkeeping after: the worker starts on it meanwhile. (Its reply cannot
         # be read before this coroutine yields, so registering after the write is safe.)
+        stream.write_frame(data)
         started = _perf_counter()
-        stream = self._stream
-        sent = stream.write(payload)
-        future: asyncio.Future[RuntimeMessage] = self._loop.create_future()
-        futures[request_id] = future
-        stats = self._stats
-        stats.messages_sent += 1
-        stats.bytes_sent += sent
+        future: _Future = self._create_future()
         if timeout is None:
             timeout = self._request_timeout
-        handle = self._arm_deadline(request_id, future, timeout) if timeout > 0 else None
+        pending[request_id] = (future, timeout)
+        stats = self._stats
+        stats.messages_sent += 1
+        stats.bytes_sent += len(data)
+        if timeout > 0 and started + timeout * SWEEP_FRACTION < self._sweep_at:
+            self._schedule_sweep(started, timeout)  # no sweep comes soon enough for this one
         try:
             if stream.needs_drain:
                 await self._drain()
@@ -216,13 +232,11 @@ class StreamChannel(CommunicationChannel):
         except asyncio.CancelledError:
             # The caller gave up: forget the request and tell the worker to stop working on it.
             if not future.done() or future.cancelled():
-                if futures.get(request_id) is future:
-                    del futures[request_id]
+                entry = pending.get(request_id)
+                if entry is not None and entry[0] is future:
+                    del pending[request_id]
                 self._send_cancel(request_id)
             raise
-        finally:
-            if handle is not None:
-                handle.cancel()
         stats.requests_completed += 1
         stats.latency_total += _perf_counter() - started
         return reply
@@ -286,65 +300,64 @@ class StreamChannel(CommunicationChannel):
         if self._closed is None:
             self._write(_encode(Cancel(request_id)))
 
-    def _arm_deadline(self, request_id: str, future: asyncio.Future[RuntimeMessage],
-                      timeout: float) -> asyncio.TimerHandle | None:
-        """Make `future` fail with `Timeout` after `timeout` seconds.
+    def _schedule_sweep(self, now: float, timeout: float) -> None:
+        """Make sure a sweep comes soon enough for a request with `timeout` sent at `now`."""
+        interval = max(min(timeout * SWEEP_FRACTION, MAX_SWEEP_INTERVAL), MIN_SWEEP_INTERVAL,
+                       len(self._pending) * SWEEP_COST_PER_REQUEST)
+        self._set_sweep(now, now + interval)
 
-        Requests with the same timeout expire in the order they were sent, so each distinct
-        timeout gets a FIFO queue and the channel keeps a single timer for the earliest
-        deadline: a deque append per request instead of a timer handle. Answered requests
-        are dropped from the queues lazily. Returns a handle only for the rare request whose
-        timeout has no queue (too many distinct values); the caller cancels it.
-        """
-        queue = self._deadlines.get(timeout)
-        if queue is None:
-            if len(self._deadlines) >= MAX_DEADLINE_QUEUES:
-                return self._loop.call_later(timeout, self._expire, request_id, future, timeout)
-            queue = self._deadlines[timeout] = collections.deque()
-        deadline = self._time() + timeout
-        queue.append((deadline, request_id, future))
-        if len(queue) > 2 * len(self._futures) + 64:
-            # Answered requests leave their entries behind; drop them now and then.
-            queue = self._deadlines[timeout] = collections.deque(
-                e for e in queue if not e[2].done())
-        if deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._check_deadlines)
-            self._timer_at = deadline
-        return None
+    def _set_sweep(self, now: float, when: float) -> None:
+        if self._sweep is not None:
+            if self._sweep_at <= when:
+                return
+            self._sweep.cancel()
+        self._sweep_at = when
+        # A millisecond late rather than early: uvloop's timers round to milliseconds.
+        self._sweep = self._loop.call_later(when - now + 0.001, self._run_sweep)
 
-    def _check_deadlines(self) -> None:
-        self._timer = None
-        self._timer_at = _NEVER
+    def _run_sweep(self) -> None:
+        """Note the deadline of every request first seen now, fail those past theirs, and
+        come back in time for the rest."""
+        self._sweep = None
+        self._sweep_at = _NEVER
         if self._closed is not None:
             return
-        now = self._loop.time()
-        earliest: float | None = None
-        for timeout, queue in list(self._deadlines.items()):
-            while queue:
-                deadline, request_id, future = queue[0]
-                if future.done():
-                    queue.popleft()
-                elif deadline <= now:
-                    queue.popleft()
-                    self._expire(request_id, future, timeout)
-                else:
-                    break
-            if not queue:
-                del self._deadlines[timeout]
-            elif earliest is None or queue[0][0] < earliest:
-                earliest = queue[0][0]
-        if earliest is not None:
-            self._timer = self._loop.call_at(earliest, self._check_deadlines)
-            self._timer_at = earliest
+        now = _perf_counter()
+        pending = self._pending
+        seen = self._deadlines
+        deadlines: dict[_Future, float] = {}  # only those still in flight
+        expired: list[tuple[str, _Future, float]] = []
+        shortest = _NEVER
+        earliest = _NEVER
+        for request_id, (future, timeout) in pending.items():
+            if timeout <= 0:
+                continue
+            deadline = seen.get(future)
+            if deadline is None:
+                deadline = now + timeout  # it was sent before now: never early
+            elif deadline <= now:
+                expired.append((request_id, future, timeout))
+                continue
+            deadlines[future] = deadline
+            if deadline < earliest:
+                earliest = deadline
+            if timeout < shortest:
+                shortest = timeout
+        self._deadlines = deadlines
+        for request_id, future, timeout in expired:
+            self._expire(request_id, future, timeout)
+        if self._closed is None and earliest < _NEVER:
+            # Back for the earliest deadline, and soon enough to see new requests in time.
+            interval = max(min(shortest * SWEEP_FRACTION, MAX_SWEEP_INTERVAL),
+                           MIN_SWEEP_INTERVAL, len(pending) * SWEEP_COST_PER_REQUEST)
+            self._set_sweep(now, min(earliest, now + interval))
 
-    def _expire(self, request_id: str, future: asyncio.Future[RuntimeMessage],
-                timeout: float) -> None:
+    def _expire(self, request_id: str, future: _Future, timeout: float) -> None:
         if future.done():
             return
-        if self._futures.get(request_id) is future:
-            del self._futures[request_id]
+        entry = self._pending.get(request_id)
+        if entry is not None and entry[0] is future:
+            del self._pending[request_id]
         self._stats.timeout_errors += 1
         future.set_exception(Timeout(
             f"request {request_id!r} to {self._instance_id.full_id} timed out after {timeout:.3g} s"
@@ -355,8 +368,7 @@ class StreamChannel(CommunicationChannel):
         """Every complete frame, inside the transport's read callback."""
         stats = self._stats
         stats.messages_received += 1
-        stats.bytes_received += len(payload) + 4
-        self._heard = True
+        stats.bytes_received += len(payload) + HEADER_SIZE
         try:
             message = _decode(payload)
         except InvalidMessage as exc:
@@ -369,10 +381,12 @@ class StreamChannel(CommunicationChannel):
         cls = type(message)
         if cls is ExecutionResponse or cls is HealthResponse or cls is Ack or cls is Error:
             request_id: str = message.request_id  # type: ignore[union-attr]
-            future = self._futures.pop(request_id, None)
-            if future is not None:
-                if not future.done():
-                    future.set_result(message)
+            entry = self._pending.pop(request_id, None)
+            if entry is not None:
+                try:  # noqa: SIM105 (cheaper than a `with suppress` on every reply)
+                    entry[0].set_result(message)
+                except asyncio.InvalidStateError:
+                    pass  # its caller was cancelled in this very loop iteration
                 return
             if cls is HealthResponse and request_id == self._heartbeat_id:
                 self._heartbeat_id = None
@@ -412,11 +426,13 @@ class StreamChannel(CommunicationChannel):
 
     async def _heartbeat_loop(self, interval: float) -> None:
         missed = 0
+        heard = self._stats.messages_received
         for n in itertools.count(1):
             await asyncio.sleep(interval)
             if self._closed is not None:
                 return
-            if self._heartbeat_id is None or self._heard:
+            # Anything received since the last beat (not only its answer) shows it is alive.
+            if self._heartbeat_id is None or self._stats.messages_received != heard:
                 missed = 0
             else:
                 missed += 1
@@ -426,7 +442,7 @@ class StreamChannel(CommunicationChannel):
                     self._shutdown(ChannelClosed(
                         f"{self._instance_id.full_id} missed {missed} heartbeats"), error=True)
                     return
-            self._heard = False
+            heard = self._stats.messages_received
             self._heartbeat_id = f"spear.heartbeat.{n}"
             self._write(_encode(HealthCheck(self._heartbeat_id)))
 
@@ -436,16 +452,16 @@ class StreamChannel(CommunicationChannel):
         self._closed = reason
         if error:
             self._stats.connection_errors += 1
-        futures, self._futures = self._futures, {}
-        for future in futures.values():
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(reason)
                 future.exception()  # the waiter may have gone; no "never retrieved" warning
         self._inbox.close(reason)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = _NEVER
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._sweep_at = _NEVER
         self._deadlines.clear()
         task = self._heartbeat_task
         if task is not None and task is not asyncio.current_task():

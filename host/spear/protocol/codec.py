@@ -4,16 +4,25 @@ Wire form: a msgpack array `[version, tag, field, ...]` with fields in declarati
 Arrays (not maps) keep frames small and decoding fast; `docs/wire-protocol.md` lists the
 layout of every tag. Decoding never trusts the peer: every field's type is checked and any
 problem raises `InvalidMessage` naming the tag and field.
+
+The functions every message goes through (`decode`, `request_frame`, `success_frame`) have a
+C hot path (`native/wire.c`, built with the package) for the plain shapes of the two messages
+on every request's path; it hands everything else to the pure-Python code here, so both
+agree on every input. Without the C helper (or with `SPEAR_NO_NATIVE=1`) the pure-Python
+functions do everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from spear.errors import InvalidMessage
+from spear.protocol.framing import HEADER
 from spear.protocol.messages import (
     Ack,
     Cancel,
@@ -27,6 +36,9 @@ from spear.protocol.messages import (
     RuntimeMessage,
     Shutdown,
 )
+from spear.protocol.wire_native import load_wire
+
+log = logging.getLogger("spear.protocol")
 
 CODEC_VERSION = 1
 
@@ -39,6 +51,7 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 # msgpack's defaults are the strict ones we want (raw=False, strict_map_key=True,
 # use_list=True); passing them again costs a keyword parse per message.
 _unpackb = msgpack.unpackb
+_pack_header = HEADER.pack
 
 
 def _status_value(status: ExecutionStatus) -> str:
@@ -94,12 +107,25 @@ def encode_request(request: ExecutionRequest) -> bytes:
     return packed
 
 
+def _request_frame(request: ExecutionRequest) -> bytes:
+    """`encode_request`, framed: the bytes the host writes for every request."""
+    packed = encode_request(request)
+    return _pack_header(len(packed)) + packed
+
+
 def encode_success(request_id: str, output: bytes, elapsed_ms: float) -> bytes:
     """The payload of a successful `ExecutionResponse` without building one (the worker's
     answer to every request that went well)."""
     packed: bytes = _pack([CODEC_VERSION, "result", request_id, output, "success", None, None,
                            elapsed_ms, {}])
     return packed
+
+
+def _success_frame(request_id: str, output: bytes, elapsed_ms: float) -> bytes:
+    """`encode_success`, framed: the bytes a worker writes for a request that went well."""
+    packed: bytes = _pack([CODEC_VERSION, "result", request_id, output, "success", None, None,
+                           elapsed_ms, {}])
+    return _pack_header(len(packed)) + packed
 
 
 def encode(message: RuntimeMessage) -> bytes:
@@ -257,7 +283,7 @@ _FAST: dict[str, Callable[[list[Any]], RuntimeMessage | None]] = {
 }
 
 
-def decode(data: bytes | bytearray | memoryview) -> RuntimeMessage:
+def _decode(data: bytes | bytearray | memoryview) -> RuntimeMessage:
     """Decode one message; anything malformed raises `InvalidMessage` saying what is wrong."""
     try:
         value = _unpackb(data)
@@ -293,3 +319,51 @@ def _checked(value: Any) -> RuntimeMessage:
     if len(values) != arity:
         raise InvalidMessage(f"{tag!r} message needs {arity} fields, got {len(values)}")
     return build(_Fields(tag, values))
+
+
+# -- the C hot path ------------------------------------------------------------------------
+
+REQUEST_FIELDS = ("request_id", "function_name", "input_data", "timeout_ms", "metadata")
+RESPONSE_FIELDS = ("request_id", "output_data", "status", "error_message", "error_code",
+                   "execution_time_ms", "metadata")
+
+
+def _made_of_fields(cls: type, names: tuple[str, ...]) -> bool:
+    """Whether setting `names` (in this order) is all it takes to make an instance of `cls`:
+    a slotted dataclass with exactly these fields and an `__init__` that only assigns them.
+    The C codec then builds instances without running `__init__`."""
+    return (dataclasses.is_dataclass(cls)
+            and tuple(f.name for f in dataclasses.fields(cls)) == names
+            and getattr(cls, "__slots__", None) == names
+            and not hasattr(cls, "__post_init__")
+            and cls.__new__ is object.__new__)
+
+
+Decoder = Callable[[bytes | bytearray | memoryview], RuntimeMessage]
+
+#: Decode one message; anything malformed raises `InvalidMessage` saying what is wrong.
+decode: Decoder = _decode
+#: The framed bytes of an `ExecutionRequest` (what the host writes for every request).
+request_frame: Callable[[ExecutionRequest], bytes] = _request_frame
+#: The framed bytes of a successful reply (what a worker writes for a request that went well).
+success_frame: Callable[[str, bytes, float], bytes] = _success_frame
+
+_wire = load_wire()
+if _wire is not None:
+    if (_made_of_fields(ExecutionRequest, REQUEST_FIELDS)
+            and _made_of_fields(ExecutionResponse, RESPONSE_FIELDS)):
+        _wire.configure(ExecutionRequest, REQUEST_FIELDS, ExecutionResponse, RESPONSE_FIELDS,
+                        _STATUS_BY_VALUE, _SUCCESS, _decode, _request_frame, _success_frame,
+                        True)
+        decode = _wire.decode
+        request_frame = _wire.request_frame
+        success_frame = _wire.success_frame
+    else:
+        log.warning("the message classes are not plain slotted dataclasses any more; the "
+                    "wire codec's C helper is not used")
+        _wire = None
+
+
+def native_active() -> bool:
+    """Whether the C hot path is in use (False: the pure-Python codec does everything)."""
+    return _wire is not None

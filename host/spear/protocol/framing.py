@@ -83,10 +83,12 @@ class ReceiveBuffer:
         """Where the next read should put its bytes (never empty)."""
         start, end = self._start, self._end
         if start == end:
-            self._start = self._end = start = end = 0
+            # Everything received was used (the common case): the whole buffer is free.
+            self._start = self._end = 0
             if not self._big and len(self._buf) != self._capacity:
                 # Large frames are over: give their room back (not between two of them).
                 self._resize(self._capacity)
+            return self._view
         size = len(self._buf)
         need = self._need
         if need > size - start:
@@ -105,15 +107,10 @@ class ReceiveBuffer:
 
     def received(self, count: int) -> list[memoryview]:
         """`commit(count)` then `frames()`, in one call (the read path of every message)."""
-        self._end += count
-        return self.frames()
-
-    def frames(self) -> list[memoryview]:
-        """Every complete frame received so far, in order; `InvalidMessage` for an empty or
-        oversized one (the stream has then lost sync: close the connection)."""
+        end = self._end = self._end + count
         buf = self._buf
         view = self._view
-        pos, end = self._start, self._end
+        pos = self._start
         max_frame = self.max_frame
         out: list[memoryview] = []
         while end - pos >= HEADER_SIZE:
@@ -131,6 +128,11 @@ class ReceiveBuffer:
         self._need = HEADER_SIZE
         self._start = pos
         return out
+
+    def frames(self) -> list[memoryview]:
+        """Every complete frame received so far, in order; `InvalidMessage` for an empty or
+        oversized one (the stream has then lost sync: close the connection)."""
+        return self.received(0)
 
     def unread(self, count: int) -> None:
         """Put back the last `count` bytes `frames()` returned (whole frames, not used yet):

@@ -37,7 +37,6 @@ _COPY_LIMIT = 64 * 1024
 # Frames coalesced before a batch is written without waiting for the end of the iteration:
 # the peer can start on them while we produce the rest.
 BATCH_FRAMES = 16
-_BATCH_PARTS = 2 * BATCH_FRAMES
 
 FrameCallback = Callable[[memoryview | bytes], None]
 CloseCallback = Callable[[Exception | None], None]
@@ -66,7 +65,9 @@ class FrameStream(asyncio.BufferedProtocol):
         self._pending: list[bytes] = []
         self._scheduled = False  # a flush at the end of this iteration is scheduled
         self._wrote = False  # a frame went out since the last read
-        self._paused_writing = False
+        # True while the transport's buffer is past its high-water mark: the writer should
+        # `await drain()`. A plain attribute, read on every request.
+        self.needs_drain = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._reading_paused = False
         # Nobody owns the frames yet: they wait in the buffer (reading paused) until an owner
@@ -143,10 +144,10 @@ class FrameStream(asyncio.BufferedProtocol):
         self._drain_waiters.clear()
 
     def pause_writing(self) -> None:
-        self._paused_writing = True
+        self.needs_drain = True
 
     def resume_writing(self) -> None:
-        self._paused_writing = False
+        self.needs_drain = False
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -177,36 +178,39 @@ class FrameStream(asyncio.BufferedProtocol):
         return self._frames.buffered
 
     def write(self, payload: bytes) -> int:
-        """Queue one frame; returns the bytes it adds to the wire.
+        """Queue one frame with `payload`; returns the bytes it adds to the wire."""
+        if len(payload) > _COPY_LIMIT and not self._wrote and self.closed is None:
+            # Large: header and payload as two buffers rather than a copy of the payload.
+            self._wrote = True
+            self._transport.write(_pack_header(len(payload)))
+            self._transport.write(payload)
+        else:
+            self.write_frame(_pack_header(len(payload)) + payload)
+        return HEADER_SIZE + len(payload)
 
-        A frame written when nothing has been written since the last read goes out at once
-        (no added latency for a lone request); frames written after it, before anything is
+    def write_frame(self, data: bytes) -> None:
+        """Queue bytes that are already one or more whole frames (header included).
+
+        Written when nothing has been written since the last read, they go out at once (no
+        added latency for a lone request); frames written after them, before anything is
         read, are joined and sent by one callback at the end of the loop iteration (many
         requests in flight cost one send per batch, not one each).
         """
         if self.closed is not None:
             raise ChannelClosed(f"connection is closed: {self.closed}")
-        transport = self._transport
-        head = _pack_header(len(payload))
-        if self._wrote:
-            pending = self._pending
-            pending.append(head)
-            pending.append(payload)
-            if len(pending) >= _BATCH_PARTS:
-                self._pending = []
-                transport.write(b"".join(pending))
-            elif not self._scheduled:
-                self._scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush_scheduled)
-        else:
+        if not self._wrote:
             self._wrote = True
-            if len(payload) > _COPY_LIMIT:
-                transport.write(head)
-                transport.write(payload)
-            else:
-                transport.write(head + payload)
-        return HEADER_SIZE + len(payload)
+            self._transport.write(data)
+            return
+        pending = self._pending
+        pending.append(data)
+        if len(pending) >= BATCH_FRAMES:
+            self._pending = []
+            self._transport.write(b"".join(pending))
+        elif not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_scheduled)
 
     def write_raw(self, data: bytes) -> None:
         """Bytes already framed (a handshake frame, a last error), while the transport is
@@ -229,18 +233,12 @@ class FrameStream(asyncio.BufferedProtocol):
         self._wrote = False
         self.flush()
 
-    @property
-    def needs_drain(self) -> bool:
-        """True when the kernel is not keeping up and the writer should `await drain()`
-        (the transport said so: its buffer passed the high-water mark)."""
-        return self._paused_writing
-
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
         self.flush()
         if self.closed is not None:
             raise ChannelClosed(f"connection is closed: {self.closed}")
-        if not self._paused_writing:
+        if not self.needs_drain:
             return
         assert self._loop is not None
         waiter: asyncio.Future[None] = self._loop.create_future()

@@ -115,9 +115,13 @@ class WorkerSession:
         try:
             return _decode(payload)
         except InvalidMessage as exc:
-            log.warning("invalid message from the host: %s", exc)
-            self._send(_encode(Error("", f"invalid message: {exc}"[:1024], "invalid_message")))
+            self.refuse_invalid(exc)
             raise
+
+    def refuse_invalid(self, exc: InvalidMessage) -> None:
+        """Tell the host its message was invalid (the caller then closes the connection)."""
+        log.warning("invalid message from the host: %s", exc)
+        self._send(_encode(Error("", f"invalid message: {exc}"[:1024], "invalid_message")))
 
     def dispatch(self, message: RuntimeMessage, size: int) -> None:
         """One decoded message of `size` bytes from the host."""

@@ -33,8 +33,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from spear.errors import InvalidMessage
-from spear.protocol.codec import encode_success as _encode_success
-from spear.protocol.framing import ReceiveBuffer, header
+from spear.protocol.codec import decode as _decode
+from spear.protocol.codec import success_frame as _success_frame
+from spear.protocol.framing import HEADER_SIZE, ReceiveBuffer, header
 from spear.protocol.limits import WORKER_MAX_IN_FLIGHT
 from spear.protocol.messages import ExecutionRequest, ExecutionResponse, Shutdown
 from spear.worker.deadlines import DeadlineQueues
@@ -117,6 +118,9 @@ class StreamServer:
         self._deadlines = DeadlineQueues()
         self._drain_until: float | None = None
         self._quick: dict[str, int] = {}
+        # Where quick functions are looked up before running inline (None: async handlers
+        # run on the bridge, never inline).
+        self._inline_quick = self._quick if bridge is None else None
         self._ended = threading.Event()
         self._leftover = True
         self._closed = False
@@ -303,18 +307,20 @@ class StreamServer:
         from the buffer into `inline` and run right here; everything else goes through the
         session (registered, queued for a thread or the bridge)."""
         session = self.session
-        decode = session.decode
-        dispatch = session.dispatch
         calls = self._calls
-        quick = self._quick if self._bridge is None else None
+        quick = self._inline_quick
         ids: set[str] | None = None
         for payload in self._rx.frames():
-            message = decode(payload)
+            try:
+                message = _decode(payload)
+            except InvalidMessage as exc:
+                session.refuse_invalid(exc)
+                raise
             if (type(message) is ExecutionRequest and quick is not None
                     and quick.get(message.function_name, 0) >= QUICK_STREAK
                     and not session.draining and message.request_id not in calls):
-                rid = message.request_id
                 if inline:
+                    rid = message.request_id
                     if ids is None:
                         ids = {r.request_id for r in inline}
                     if rid in ids:
@@ -324,10 +330,9 @@ class StreamServer:
                     ids.add(rid)
                 inline.append(message)
             else:
-                dispatch(message, len(payload))
-        batch = self._batch
-        if batch:
-            self._batch = []
+                session.dispatch(message, len(payload))
+        if self._batch:
+            batch, self._batch = self._batch, []
             self._queue(batch)
         if inline:
             self._run_inline(me, inline)
@@ -357,14 +362,13 @@ class StreamServer:
         returns bytes is answered without building an `ExecutionResponse`."""
         handler = self._handler
         busy = self._busy
-        session = self.session
-        limit = session.max_message_size
+        frame_limit = self.session.max_message_size + HEADER_SIZE
         out: list[bytes] = []
-        while True:
+        while inline:
             try:
                 request = inline.popleft()
             except IndexError:
-                break
+                break  # the sentinel took the rest
             token = [True]
             started = _clock()
             busy[me] = (request, started, token, inline, True)
@@ -388,16 +392,16 @@ class StreamServer:
                 call.finish(_response(request, output, started))
                 continue
             if type(output) is bytes:
-                payload = _encode_success(request.request_id, output, elapsed_ms)
-                if len(payload) > limit:
-                    payload = session.encoded(_response(request, output, started))
-            else:
-                payload = session.encoded(_response(request, output, started))
+                reply = _success_frame(request.request_id, output, elapsed_ms)
+                if len(reply) <= frame_limit:
+                    out.append(reply)
+                    continue
+            payload = self.session.encoded(_response(request, output, started))
             out.append(header(len(payload)))
             out.append(payload)
         if out:
             self._send_frames(out)
-        if session.draining and not self._calls and not busy:
+        if self.session.draining and not self._calls and not busy:
             self._end("drained")
 
     def _run(self, call: Call) -> None:
