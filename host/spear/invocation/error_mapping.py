@@ -36,10 +36,17 @@ from spear.invocation.errors import (
     QueueFull,
     Unauthenticated,
 )
+from spear.invocation.log_limit import LogLimiter
 from spear.invocation.request_limits import format_seconds
 from spear.messages import ExecutionResponse, ExecutionStatus
 
 log = logging.getLogger("spear.serve")
+# Callers decide how often requests fail: the lines they cause are bounded (per level, so a
+# flood of the callers' own mistakes never hides server errors).
+_failure_lines = {
+    logging.WARNING: LogLimiter(log, "failed invocations (server side)"),
+    logging.INFO: LogLimiter(log, "failed invocations (caller side)", level=logging.INFO),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +104,11 @@ def draining_failure() -> Failure:
 
 def log_failure(failure: Failure, function: str, request_id: str, door: str,
                 exc: BaseException | None = None) -> None:
-    """Failed invocations at WARNING (server errors) or INFO (the caller's mistakes)."""
+    """Failed invocations at WARNING (server errors) or INFO (the caller's mistakes), within
+    the bound of `LogLimiter` (what it holds back is counted and summarised)."""
     level = logging.WARNING if failure.http_status >= 500 or failure.http_status == 429 \
         else logging.INFO
-    if not log.isEnabledFor(level):
+    if not log.isEnabledFor(level) or not _failure_lines[level].allow(failure.kind):
         return
     extra = {"function": function, "request_id": request_id, "status": failure.http_status,
              "kind": failure.kind, "event": "invoke_failed", "door": door}

@@ -33,8 +33,11 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spear.errors import InvalidConfiguration
+from spear.invocation.log_limit import LogLimiter
 
 log = logging.getLogger("spear.serve.http")
+# Malformed or slow requests are the sender's choice: their log lines are bounded.
+_refusal_lines = LogLimiter(log, "refused HTTP requests", level=logging.INFO)
 
 SWEEP_INTERVAL_S = 0.5
 
@@ -142,8 +145,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
 
     def _refuse(self, status: int, message: str) -> None:
-        log.info("refused a request from %s: %d %s", _client(self.client), status, message,
-                 extra={"event": "http_refused", "status": status})
+        if log.isEnabledFor(logging.INFO) and _refusal_lines.allow(str(status)):
+            log.info("refused a request from %s: %d %s", _client(self.client), status,
+                     message, extra={"event": "http_refused", "status": status})
         self._abandon_cycle()
         self._head_since = self._body_since = None
         body = (message.encode("ascii", "replace") + b"\n")
