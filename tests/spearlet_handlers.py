@@ -38,3 +38,14 @@ async def chatty(request: ExecutionRequest) -> bytes:
     print(f"chatty says {request.input_data.decode(errors='replace')}", flush=True)
     print("chatty warns", file=__import__("sys").stderr, flush=True)
     return request.input_data
+
+
+def flood_output(request: ExecutionRequest) -> bytes:
+    """Writes one long line to stderr, then as many lines as the input says, as fast as it
+    can."""
+    import sys
+    count = int(request.input_data or b"0")
+    sys.stderr.write("L" * 40_000 + "\n")
+    sys.stderr.write("flood line\n" * count)
+    sys.stderr.flush()
+    return b"%d" % count

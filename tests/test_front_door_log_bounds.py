@@ -19,7 +19,7 @@ from front_door_support import (
     running_server,
 )
 from spear.invocation import error_mapping
-from spear.invocation.log_limit import DEFAULT_BURST, DEFAULT_RATE, LogLimiter
+from spear.log_limit import DEFAULT_BURST, DEFAULT_RATE, LogLimiter
 
 FLOOD = 600
 CONNECTIONS = 6

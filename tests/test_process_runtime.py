@@ -30,12 +30,16 @@ from spear.errors import (
 from spear.messages import ExecutionRequest, ExecutionResponse
 from spear.runtime.process import (
     DEFAULT_CHANNEL_ORDER,
+    MAX_OUTPUT_LINE,
+    OUTPUT_LINES_BURST,
+    OUTPUT_LINES_PER_S,
     ProcessInstance,
     ProcessRuntime,
     RestartPolicy,
     worker_command,
 )
 from spear.transport.unix import UNIX_PATH_MAX
+from spearlet_support import TESTS_DIR
 
 ROUTE = worker_command("spear.worker.examples:route")
 CONFIG = ChannelConfig(keepalive_interval_ms=0, connect_timeout_ms=10000,
@@ -328,6 +332,30 @@ async def test_child_output_is_logged_line_by_line_tagged_by_instance(
     err = [r for r in records if "stderr: hello there" in r.getMessage()]
     assert out and out[0].levelno == logging.INFO and "process:loud" in out[0].getMessage()
     assert err and err[0].levelno == logging.WARNING
+
+
+async def test_a_child_flooding_its_output_cannot_flood_the_host_log(
+    runtime: ProcessRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    instance = await runtime.start_instance(
+        "flood", command=worker_command("spearlet_handlers:flood_output"),
+        env={"PYTHONPATH": str(TESTS_DIR)})
+    started = time.monotonic()
+    reply = await call(instance, "flood_output", b"20000")
+    assert reply.ok and reply.output_data == b"20000"
+    await runtime.stop_instance(instance)  # its output ends: the pump says what it held back
+    took = time.monotonic() - started
+    records = [r for r in caplog.records if r.name == "spear.process.flood"]
+    lines = [r for r in records if "flood line" in r.getMessage()]
+    assert 0 < len(lines) <= OUTPUT_LINES_BURST + OUTPUT_LINES_PER_S * took + 1, took
+    summaries = [r.getMessage() for r in records
+                 if getattr(r, "event", None) == "log_lines_suppressed"]
+    assert summaries and len(summaries) <= took + 2  # at most once a second, and at the end
+    held = sum(int(m.split(" ", 1)[0]) for m in summaries)
+    assert held + len(lines) == 20_000  # every line written or counted
+    (long_line,) = [r.getMessage() for r in records if "LLLL" in r.getMessage()]
+    assert len(long_line) < MAX_OUTPUT_LINE + 100  # cut
 
 
 async def test_graceful_stop_with_requests_in_flight_loses_none(runtime: ProcessRuntime) -> None:

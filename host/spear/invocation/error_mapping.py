@@ -36,8 +36,8 @@ from spear.invocation.errors import (
     QueueFull,
     Unauthenticated,
 )
-from spear.invocation.log_limit import LogLimiter
 from spear.invocation.request_limits import format_seconds
+from spear.log_limit import LogLimiter
 from spear.messages import ExecutionResponse, ExecutionStatus
 
 log = logging.getLogger("spear.serve")

@@ -33,7 +33,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spear.errors import InvalidConfiguration
-from spear.invocation.log_limit import LogLimiter
+from spear.log_limit import LogLimiter
 
 log = logging.getLogger("spear.serve.http")
 # Malformed or slow requests are the sender's choice: their log lines are bounded.

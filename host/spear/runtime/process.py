@@ -45,6 +45,7 @@ from spear.errors import (
     UnsupportedChannel,
 )
 from spear.instance_id import RuntimeInstanceId, RuntimeType
+from spear.log_limit import LogLimiter
 from spear.protocol.environment import Endpoint, WorkerEnvironment
 from spear.protocol.messages import Shutdown
 from spear.runtime.base import Runtime, RuntimeInstance
@@ -555,6 +556,13 @@ def _format_tail(tail: Iterable[str]) -> str:
     return "; its stderr ended with:\n    " + "\n    ".join(lines[-5:])
 
 
+# A child's output lines, logged: cut at this length, and at most a burst then a rate (the
+# rest counted and summarised); the stderr tail kept for error messages is not limited.
+MAX_OUTPUT_LINE = 16 * 1024
+OUTPUT_LINES_BURST = 1000
+OUTPUT_LINES_PER_S = 200.0
+
+
 def _start_pumps(
     process: asyncio.subprocess.Process, ident: RuntimeInstanceId, tail: collections.deque[str]
 ) -> list[asyncio.Task[None]]:
@@ -578,21 +586,42 @@ async def _pump(
     name: str,
     tail: collections.deque[str] | None,
 ) -> None:
-    """Log the child's `name` stream line by line, tagged with the instance."""
+    """Log the child's `name` stream line by line, tagged with the instance, within the
+    bounds of a `LogLimiter` (a chatty child cannot flood the host's log)."""
     extra = {"spear_instance": ident.full_id, "spear_stream": name}
     pid_hint = ident.full_id
+    limiter = LogLimiter(logger, f"lines of {pid_hint} {name}", rate=OUTPUT_LINES_PER_S,
+                         burst=OUTPUT_LINES_BURST, summary_interval=1.0, level=level)
+    try:
+        await _pump_lines(stream, logger, level, name, tail, extra, pid_hint, limiter)
+    finally:
+        limiter.flush()  # what was held back is said when the stream ends
+
+
+async def _pump_lines(
+    stream: asyncio.StreamReader,
+    logger: logging.Logger,
+    level: int,
+    name: str,
+    tail: collections.deque[str] | None,
+    extra: dict[str, str],
+    pid_hint: str,
+    limiter: LogLimiter,
+) -> None:
     while True:
         try:
             raw = await stream.readline()
         except ValueError:
-            logger.log(level, "[%s %s] (line longer than %d bytes dropped)", pid_hint, name,
-                       2**16, extra=extra)
+            if limiter.allow("too long"):
+                logger.log(level, "[%s %s] (line longer than %d bytes dropped)", pid_hint,
+                           name, 2**16, extra=extra)
             continue
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         if not raw:
             return
-        line = raw.decode(errors="replace").rstrip("\r\n")
+        line = raw[:MAX_OUTPUT_LINE].decode(errors="replace").rstrip("\r\n")
         if tail is not None:
             tail.append(line)
-        logger.log(level, "[%s %s] %s", pid_hint, name, line, extra=extra)
+        if limiter.allow(name):
+            logger.log(level, "[%s %s] %s", pid_hint, name, line, extra=extra)

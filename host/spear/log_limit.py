@@ -7,7 +7,7 @@ these lines pass through a `LogLimiter`: a token bucket (`burst` lines at once, 
 per second). What it holds back is counted by kind and said in one line (at `level`), at most
 once per `summary_interval` seconds: by the first line, written or held back, that comes
 `summary_interval` or more after the first line held back (a flood that stops is summarised
-by the next line after it). The total held back is `suppressed`.
+by the next line after it, or by `flush()`). The total held back is `suppressed`.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ class LogLimiter:
         if summary is not None:
             self._log.log(self._level, "%s", summary, extra={"event": "log_lines_suppressed"})
         return allowed
+
+    def flush(self) -> None:
+        """Say what is held back now, whatever the interval (when the stream ends)."""
+        with self._lock:
+            summary = self._take_summary(self._clock()) if self._held else None
+        if summary is not None:
+            self._log.log(self._level, "%s", summary, extra={"event": "log_lines_suppressed"})
 
     def _take_summary(self, now: float) -> str:
         since = self._held_since if self._held_since is not None else now
