@@ -81,6 +81,17 @@ def test_a_long_flood_is_summarised_every_interval_while_it_lasts(
         assert counted <= limiter.suppressed == 3000 - written
 
 
+def test_a_byte_bound_holds_back_long_lines_as_well(caplog: pytest.LogCaptureFixture) -> None:
+    clock = _Clock()
+    limiter = LogLimiter(logging.getLogger("spear.test.log_limit"), "test lines", rate=1000.0,
+                         burst=1000, bytes_per_s=1000.0, burst_bytes=4000, clock=clock)
+    assert [limiter.allow("long", 1500) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("short", 900) and not limiter.allow("short", 200)
+    clock.now += 0.2  # 200 bytes back
+    assert limiter.allow("short", 200) and not limiter.allow("short", 101)
+    assert limiter.suppressed == 3
+
+
 def test_guest_chosen_kinds_cannot_grow_the_summary(caplog: pytest.LogCaptureFixture) -> None:
     clock = _Clock()
     limiter = LogLimiter(logging.getLogger("spear.test.log_limit"), "test lines", rate=1.0,

@@ -1,11 +1,13 @@
-"""A bound on log lines that callers can cause: failed invocations, refused HTTP requests.
+"""A bound on log lines that callers or workers can cause: failed invocations, refused HTTP
+requests, a process worker's output.
 
 Anyone who can reach a front door can make requests fail (a missing function, a draining
-server, a full queue, a function that times out) as fast as the server answers. One log line
-per failure would let them fill the operator's disk and drown everything else in the log, so
-these lines pass through a `LogLimiter`: a token bucket (`burst` lines at once, then `rate`
-per second). What it holds back is counted by kind and said in one line (at `level`), at most
-once per `summary_interval` seconds: by the first line, written or held back, that comes
+server, a full queue, a function that times out) as fast as the server answers; a worker can
+print as fast as it likes. One log line per event would let them fill the operator's disk and
+drown everything else in the log, so these lines pass through a `LogLimiter`: a token bucket
+(`burst` lines at once, then `rate` per second; optionally a byte bucket too). What it holds
+back is counted by kind and said in one line (at `level`), at most once per
+`summary_interval` seconds: by the first line, written or held back, that comes
 `summary_interval` or more after the first line held back (a flood that stops is summarised
 by the next line after it, or by `flush()`). The total held back is `suppressed`.
 """
@@ -37,6 +39,8 @@ class LogLimiter:
         burst: int = DEFAULT_BURST,
         summary_interval: float = DEFAULT_SUMMARY_INTERVAL,
         level: int = logging.WARNING,
+        bytes_per_s: float | None = None,
+        burst_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = logger
@@ -48,19 +52,30 @@ class LogLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens = self._burst
+        # Optionally bytes too (lines of any length): a second bucket, both must have room.
+        self._byte_rate = bytes_per_s
+        self._byte_burst = float(burst_bytes)
+        self._byte_tokens = self._byte_burst
         self._stamp = clock()
         self._held: collections.Counter[str] = collections.Counter()
         self._held_since: float | None = None
         self.suppressed = 0  # over the limiter's life
 
-    def allow(self, kind: str) -> bool:
-        """Whether the next line (of `kind`) may be written now; False counts it as held
-        back. May write the summary of what was held back first."""
+    def allow(self, kind: str, size: int = 0) -> bool:
+        """Whether the next line (of `kind`, `size` bytes) may be written now; False counts
+        it as held back. May write the summary of what was held back first."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            passed = now - self._stamp
+            self._tokens = min(self._burst, self._tokens + passed * self._rate)
             self._stamp = now
             allowed = self._tokens >= 1.0
+            if self._byte_rate is not None:
+                self._byte_tokens = min(self._byte_burst,
+                                        self._byte_tokens + passed * self._byte_rate)
+                allowed = allowed and self._byte_tokens >= size
+                if allowed:
+                    self._byte_tokens -= size
             if allowed:
                 self._tokens -= 1.0
             else:
@@ -89,5 +104,8 @@ class LogLimiter:
         total = sum(self._held.values())
         self._held.clear()
         self._held_since = None
+        bound = f"{self._rate:g} lines/s"
+        if self._byte_rate is not None:
+            bound += f" or {self._byte_rate / 1024:g} KiB/s"
         return (f"{total} {self._what} not logged in the last {now - since:.0f} s "
-                f"(over {self._rate:g} lines/s): {counts}")
+                f"(over {bound}): {counts}")

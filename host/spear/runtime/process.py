@@ -556,11 +556,14 @@ def _format_tail(tail: Iterable[str]) -> str:
     return "; its stderr ended with:\n    " + "\n    ".join(lines[-5:])
 
 
-# A child's output lines, logged: cut at this length, and at most a burst then a rate (the
-# rest counted and summarised); the stderr tail kept for error messages is not limited.
+# A child's output lines, logged: cut at this length, and at most a burst then a rate, in
+# lines and in bytes (the rest counted and summarised); the stderr tail kept for error
+# messages is not limited.
 MAX_OUTPUT_LINE = 16 * 1024
 OUTPUT_LINES_BURST = 1000
 OUTPUT_LINES_PER_S = 200.0
+OUTPUT_BURST_BYTES = 1024 * 1024
+OUTPUT_BYTES_PER_S = 256 * 1024.0
 
 
 def _start_pumps(
@@ -591,7 +594,8 @@ async def _pump(
     extra = {"spear_instance": ident.full_id, "spear_stream": name}
     pid_hint = ident.full_id
     limiter = LogLimiter(logger, f"lines of {pid_hint} {name}", rate=OUTPUT_LINES_PER_S,
-                         burst=OUTPUT_LINES_BURST, summary_interval=1.0, level=level)
+                         burst=OUTPUT_LINES_BURST, bytes_per_s=OUTPUT_BYTES_PER_S,
+                         burst_bytes=OUTPUT_BURST_BYTES, summary_interval=1.0, level=level)
     try:
         await _pump_lines(stream, logger, level, name, tail, extra, pid_hint, limiter)
     finally:
@@ -623,5 +627,5 @@ async def _pump_lines(
         line = raw[:MAX_OUTPUT_LINE].decode(errors="replace").rstrip("\r\n")
         if tail is not None:
             tail.append(line)
-        if limiter.allow(name):
+        if limiter.allow(name, len(line)):
             logger.log(level, "[%s %s] %s", pid_hint, name, line, extra=extra)
