@@ -34,8 +34,10 @@ from spear.protocol import codec
 from spear.protocol.framing import ReceiveBuffer, frame
 from spear.protocol.limits import (
     AUTH_FAILURE_BURST,
+    HANDSHAKE_TIMEOUT,
     HOST_INBOX_BYTES,
     MAX_PENDING_HANDSHAKES,
+    WORKER_MAX_CONNECTIONS,
 )
 from spear.protocol.messages import Error, Handshake
 from spear.runtime.process import ProcessRuntime, worker_command
@@ -296,6 +298,42 @@ def test_an_unauthenticated_huge_execute_is_refused_before_it_is_read(
                              timeout=30)
             assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert rss(grpc_pod.pid) - before < 24 * MIB  # 180 MiB were offered
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def test_grpc_connections_beyond_the_cap_or_silent_are_closed() -> None:
+    with PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:echo",
+                   env={"SPEAR_TOKEN": TOKEN}) as worker:
+        host, port = worker.grpc.rsplit(":", 1)
+        extra = 8
+        socks = [socket.create_connection((host, int(port)), timeout=5)
+                 for _ in range(WORKER_MAX_CONNECTIONS + extra)]
+        try:
+            await asyncio.sleep(1.0)
+            closed = {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+            assert len(closed) >= extra  # beyond the cap
+            # Those within it never start HTTP/2: the handshake deadline closes them too.
+            deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 10
+            while len(closed) < len(socks):
+                assert time.monotonic() < deadline, f"{len(socks) - len(closed)} were kept"
+                await asyncio.sleep(0.2)
+                closed |= {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+        finally:
+            for sock in socks:
+                sock.close()
+        # And the worker serves a real host afterwards.
+        async with await open_grpc_channel(POD, worker.grpc, ChannelConfig(),
+                                           token=TOKEN) as channel:
+            reply = await channel.request_response(ExecutionRequest("after", "echo", b"ok"))
+        assert isinstance(reply, ExecutionResponse) and reply.output_data == b"ok"
 
 
 def test_failed_grpc_calls_are_logged_in_aggregate(grpc_pod: PodWorker) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,39 @@ async def test_grpc_timeouts_have_one_shape_whichever_side_is_first(
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await stub.Invoke(pb.InvokeRequest(function="missing"))
             assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def test_grpc_connections_beyond_max_connections_or_silent_are_closed(
+        wasm_fixture: Callable[[str], Path]) -> None:
+    async with running_server(functions_table(wasm_fixture)[:1], max_connections=4,
+                              head_timeout_s=1.0) as front:
+        assert front.grpc_address is not None
+        host, port = front.grpc_address.rsplit(":", 1)
+        socks = [socket.create_connection((host, int(port))) for _ in range(10)]
+        try:
+            await asyncio.sleep(0.5)
+            closed = {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+            assert len(closed) >= 6  # beyond max_connections, at once
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(closed) < len(socks):  # the rest never spoke HTTP/2: head_timeout_s
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+                closed |= {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+        finally:
+            for sock in socks:
+                sock.close()
+        async with grpc.aio.insecure_channel(front.grpc_address) as channel:
+            reply = await _stub(channel).Invoke(pb.InvokeRequest(function="echo", input=b"ok"))
+        assert reply.output == b"ok"
 
 
 async def test_grpc_reflection_lists_the_services(wasm_fixture: Callable[[str], Path]) -> None:

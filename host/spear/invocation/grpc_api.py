@@ -157,6 +157,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], failure: Failure, 
                                            ("x-spear-error-code", failure.kind)))
 
 
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+
+
 class GrpcApi:
     """Serves one `Spearlet` over gRPC. `start()` binds and returns the port.
 
@@ -168,6 +172,8 @@ class GrpcApi:
         tls_cert_file: str | None = None, tls_key_file: str | None = None,
         tls_client_ca_file: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.spearlet = spearlet
         self.health = health.aio.HealthServicer()
@@ -175,6 +181,8 @@ class GrpcApi:
         self._tls = (tls_cert_file, tls_key_file, tls_client_ca_file)
         self._max_message = max_message_bytes
         self._max_rpcs = max_concurrent_rpcs
+        self._max_connections = max_connections
+        self._handshake_timeout_ms = max(1, int(handshake_timeout_s * 1000))
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -184,7 +192,11 @@ class GrpcApi:
     async def start(self, address: str) -> int:
         options = [("grpc.max_receive_message_length", self._max_message),
                    ("grpc.max_send_message_length", self._max_message),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0),
+                   # Bounded before trusted: connections (more are closed as they are
+                   # accepted) and the time one may take to start speaking HTTP/2.
+                   ("grpc.max_allowed_incoming_connections", self._max_connections),
+                   ("grpc.server_handshake_timeout_ms", self._handshake_timeout_ms)]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self._max_rpcs)
         pb_grpc.add_FunctionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.servicer, server)

@@ -84,7 +84,9 @@ class FunctionServer:
                 self.grpc = GrpcApi(
                     self.spearlet, tokens=self.tokens, tls_cert_file=cert, tls_key_file=key,
                     tls_client_ca_file=client_ca, max_message_bytes=server.max_body_bytes,
-                    max_concurrent_rpcs=server.max_concurrent_rpcs)
+                    max_concurrent_rpcs=server.max_concurrent_rpcs,
+                    max_connections=server.max_connections,
+                    handshake_timeout_s=server.head_timeout_s)
                 bound = await self.grpc.start(f"{_bracket(host)}:{port}")
                 self.grpc_address = f"{_bracket(host)}:{bound}"
                 _warn_if_exposed("gRPC", host, self.tokens, tls is not None)

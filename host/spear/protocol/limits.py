@@ -53,7 +53,8 @@ WORKER_IN_FLIGHT_BYTES = 64 * MIB
 WORKER_OUTBOX_BYTES = 16 * MIB
 # Worker: threads that run synchronous handlers (per worker, shared by its connections).
 WORKER_MAX_THREADS = 32
-# Pod worker: authenticated hosts connected over TCP at once; more are refused.
+# Pod worker: authenticated hosts connected over TCP at once, and gRPC connections of any
+# kind at once; more are refused.
 WORKER_MAX_CONNECTIONS = 64
 # Pod worker: a connection with no traffic at all for this long is closed (hosts send a
 # heartbeat every 10 s by default, so a live host is never idle this long).

@@ -40,7 +40,9 @@ from spear.protocol.admission import Admission
 from spear.protocol.codec import encode
 from spear.protocol.limits import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
+    WORKER_MAX_CONNECTIONS,
     WORKER_MAX_IN_FLIGHT,
     WORKER_OUTBOX_BYTES,
 )
@@ -94,7 +96,11 @@ def server_options(max_message_size: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         # A second worker on a busy port must fail, not silently share it.
         ("grpc.so_reuseport", 0),
-        # Bounded before trusted: calls per connection, and connections that carry none.
+        # Bounded before trusted: connections (more are closed as they are accepted), the
+        # time to complete the HTTP/2 handshake, calls per connection, and connections that
+        # carry none.
+        ("grpc.max_allowed_incoming_connections", WORKER_MAX_CONNECTIONS),
+        ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT * 1000)),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         ("grpc.max_connection_idle_ms", int(IDLE_TIMEOUT * 1000)),
     ]
