@@ -327,7 +327,8 @@ async def test_child_output_is_logged_line_by_line_tagged_by_instance(
     instance = await runtime.start_instance("loud", command=ROUTE)
     await call(instance, "shout", b"hello there")
     await wait_for_log(caplog, "stderr: hello there")
-    records = [r for r in caplog.records if r.name == "spear.process.loud"]
+    records = [r for r in caplog.records
+               if r.name == "spear.process" and getattr(r, "spear_instance", "").endswith(":loud")]
     out = [r for r in records if "stdout: hello there" in r.getMessage()]
     err = [r for r in records if "stderr: hello there" in r.getMessage()]
     assert out and out[0].levelno == logging.INFO and "process:loud" in out[0].getMessage()
@@ -346,7 +347,8 @@ async def test_a_child_flooding_its_output_cannot_flood_the_host_log(
     assert reply.ok and reply.output_data == b"20000"
     await runtime.stop_instance(instance)  # its output ends: the pump says what it held back
     took = time.monotonic() - started
-    records = [r for r in caplog.records if r.name == "spear.process.flood"]
+    records = [r for r in caplog.records
+               if r.name == "spear.process" and "process:flood" in r.getMessage()]
     lines = [r for r in records if "flood line" in r.getMessage()]
     assert 0 < len(lines) <= OUTPUT_LINES_BURST + OUTPUT_LINES_PER_S * took + 1, took
     summaries = [r.getMessage() for r in records

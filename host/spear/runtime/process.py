@@ -566,10 +566,15 @@ OUTPUT_BURST_BYTES = 1024 * 1024
 OUTPUT_BYTES_PER_S = 256 * 1024.0
 
 
+_output_log = logging.getLogger("spear.process")
+
+
 def _start_pumps(
     process: asyncio.subprocess.Process, ident: RuntimeInstanceId, tail: collections.deque[str]
 ) -> list[asyncio.Task[None]]:
-    logger = logging.getLogger(f"spear.process.{ident.instance_id}")
+    # One logger for every instance (the instance is in each record and its message): a
+    # logger per instance would never be freed, and instances come and go for good.
+    logger = _output_log
     loop = asyncio.get_running_loop()
     pumps = []
     if process.stdout is not None:
