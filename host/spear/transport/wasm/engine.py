@@ -7,7 +7,7 @@ from typing import Any
 
 from spear.transport.wasm.capi import WASMTIME_VERSION, ffi, lib
 from spear.transport.wasm.managed import Managed
-from spear.transport.wasm.native_call import native, native_ffi
+from spear.transport.wasm.native_call import FUNCTIONS, native, native_ffi, to_native
 from spear.transport.wasm.ticker import EpochTicker
 
 DEFAULT_MAX_WASM_STACK = 512 * 1024
@@ -49,7 +49,10 @@ class Engine(Managed):
         if ptr == ffi.NULL:
             raise RuntimeError("wasmtime could not create an engine")
         super().__init__(ptr)
-        self.ticker = EpochTicker(lib, ptr, native, native_ffi)
+        self.ticker = EpochTicker(
+            lib, ptr, native, native_ffi,
+            native_engine=to_native(ptr) if native is not None else None,
+            native_increment=FUNCTIONS.get("increment_epoch"))
 
     def _free(self, ptr: Any) -> None:
         # The ticker uses the engine pointer: stop it first. Modules and stores made from

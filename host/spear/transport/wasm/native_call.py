@@ -78,5 +78,6 @@ FUNCTIONS = {
         ("set_deadline", "wasmtime_context_set_epoch_deadline"),
         ("memory_size", "wasmtime_memory_data_size"),
         ("set_fuel", "wasmtime_context_set_fuel"),
+        ("increment_epoch", "wasmtime_engine_increment_epoch"),
     )
 } if native is not None else {}

@@ -9,6 +9,12 @@ Calls count themselves in two places: C calls (the native helper) atomically in 
 `spear_ticker_t`, Python-side entries in `running_calls` under the GIL (or, with the native
 helper loaded, through its atomic functions too). A call that starts while the ticker is
 parked wakes it with one byte on a pipe. The thread belongs to its engine and stops with it.
+
+With the native helper the thread is a C thread (`spear_ticker_start` in native/fastcall.c,
+named `spear-epoch` for the OS): it never takes the GIL. A Python ticker must take the GIL
+for every tick, which makes a busy thread (an event loop serving requests) hand the GIL over
+and wait to get it back, hundreds of times a second, each time across CPUs. Without the
+helper the same loop runs as a Python thread.
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ class _PythonCounters:
 
 class EpochTicker:
     def __init__(self, lib: Any, engine: Any, native: Any, native_ffi: Any,
-                 tick: float = TICK_SECONDS) -> None:
+                 tick: float = TICK_SECONDS, *, native_engine: Any = None,
+                 native_increment: Any = None) -> None:
+        """`native_engine` and `native_increment` (the engine and
+        wasmtime_engine_increment_epoch as the helper's pointers) run the ticker as a C
+        thread; without them (or without the helper) it is a Python thread."""
         self._lib = lib
         self._engine = engine
         self._native = native
@@ -55,8 +65,18 @@ class EpochTicker:
         self._started = 0
         self.sleeping = False
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="spear-epoch", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self.in_c = False
+        if native is not None and native_engine is not None and native_increment is not None:
+            # The ticker as a C thread (native/fastcall.c): it never needs the GIL, so it
+            # never makes a busy event loop hand the GIL over every tick.
+            rc = native.spear_ticker_start(
+                self.shared, native_increment, native_engine, self.tick_ns,
+                int(IDLE_GRACE * 1e9), int(PARKED_NAP * 1e9), self._wake_r)
+            self.in_c = rc == 0
+        if not self.in_c:
+            self._thread = threading.Thread(target=self._run, name="spear-epoch", daemon=True)
+            self._thread.start()
 
     def ticks_for(self, seconds: float) -> int:
         # +1: the current tick may be almost over when the deadline is set.
@@ -135,13 +155,17 @@ class EpochTicker:
             idle = 0
 
     def stop(self) -> None:
-        """Stop the thread (the engine is going away); waits for it briefly."""
+        """Stop the thread (the engine is going away); waits for it (briefly, in Python)."""
         self._stop = True
-        self._wake()
+        if self.in_c:
+            self._native.spear_ticker_stop(self.shared)  # joins: it ticks no more
+            self.in_c = False
+        else:
+            self._wake()
         # C calls must not write to the pipe once it is closed (none should be running now).
         self.shared.sleeping = 0
         self.shared.wake_fd = -1
-        if self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):

@@ -30,6 +30,7 @@ def make_builder() -> cffi.FFI:
         MODULE,
         '#include "fastcall.c"',
         include_dirs=[str(HERE)],
-        extra_compile_args=["-O2"],
+        extra_compile_args=["-O2", "-pthread"],
+        extra_link_args=["-pthread"],  # the ticker thread
     )
     return builder

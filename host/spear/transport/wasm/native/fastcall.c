@@ -7,8 +7,14 @@
  *
  * Compiled with the package (cffi API mode, see build_fastcall.py), never at run time.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,6 +88,112 @@ int spear_ticker_try_sleep(spear_ticker_t *t)
 void spear_ticker_awake(spear_ticker_t *t)
 {
     __atomic_store_n(&t->sleeping, 0, __ATOMIC_SEQ_CST);
+}
+
+/* -- the ticker thread ------------------------------------------------------------------ */
+
+typedef void (*increment_epoch_fn)(void *engine);
+
+typedef struct {
+    pthread_t thread;
+    pid_t pid;                /* the process that started it: a forked child has no thread */
+    spear_ticker_t *shared;
+    increment_epoch_fn increment;
+    void *engine;
+    uint64_t tick_ns;
+    uint64_t idle_ticks;
+    int nap_ms;
+    int wake_r;
+    int stop;                 /* atomic */
+} ticker_thread_t;
+
+static void *ticker_main(void *arg)
+{
+    ticker_thread_t *s = arg;
+    spear_ticker_t *t = s->shared;
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "spear-epoch");  /* seen in top, /proc, debuggers */
+#endif
+    struct timespec tick = {(time_t)(s->tick_ns / 1000000000u), (long)(s->tick_ns % 1000000000u)};
+    uint64_t idle = 0;
+    int64_t last_started = -1;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+        nanosleep(&tick, NULL);
+        if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE))
+            break;
+        s->increment(s->engine);
+        int64_t started = __atomic_load_n(&t->started, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&t->running, __ATOMIC_SEQ_CST) > 0 || started != last_started) {
+            idle = 0;
+            last_started = started;
+            continue;
+        }
+        if (++idle < s->idle_ticks)
+            continue;
+        idle = 0;
+        if (!spear_ticker_try_sleep(t))
+            continue;
+        if (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+            struct pollfd wake = {s->wake_r, POLLIN, 0};
+            (void)poll(&wake, 1, s->nap_ms);
+        }
+        spear_ticker_awake(t);
+        char drain[64];
+        while (read(s->wake_r, drain, sizeof drain) > 0) {
+        }
+    }
+    return NULL;
+}
+
+int spear_ticker_start(spear_ticker_t *t, void *increment_epoch, void *engine,
+                       uint64_t tick_ns, uint64_t idle_grace_ns, uint64_t nap_ns,
+                       int32_t wake_read_fd)
+{
+    if (t->thread != NULL)
+        return EALREADY;
+    if (tick_ns == 0 || increment_epoch == NULL || engine == NULL)
+        return EINVAL;
+    ticker_thread_t *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return ENOMEM;
+    s->pid = getpid();
+    s->shared = t;
+    s->increment = (increment_epoch_fn)increment_epoch;
+    s->engine = engine;
+    s->tick_ns = tick_ns;
+    s->idle_ticks = idle_grace_ns / tick_ns > 0 ? idle_grace_ns / tick_ns : 1;
+    s->nap_ms = (int)(nap_ns / 1000000u);
+    s->wake_r = wake_read_fd;
+    /* Signals stay with Python's threads: the new thread starts with all of them blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&s->thread, NULL, ticker_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        free(s);
+        return rc;
+    }
+    t->thread = s;
+    return 0;
+}
+
+void spear_ticker_stop(spear_ticker_t *t)
+{
+    ticker_thread_t *s = t->thread;
+    if (s == NULL)
+        return;
+    t->thread = NULL;
+    if (s->pid != getpid()) {
+        free(s);  /* a forked child: the thread stayed in the parent */
+        return;
+    }
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    char byte = 1;
+    ssize_t ignored = write(t->wake_fd, &byte, 1);
+    (void)ignored;
+    pthread_join(s->thread, NULL);
+    free(s);
 }
 
 /* The full call, with metadata. timeout_ns: the call's own deadline (written into the

@@ -8,12 +8,14 @@
 
 /* Shared with the engine's ticker thread. `running`: calls in flight that have a deadline;
  * `started`: calls ever started with one (the ticker stays awake while it moves);
- * `sleeping`: the ticker is parked and must be woken (one byte into `wake_fd`). */
+ * `sleeping`: the ticker is parked and must be woken (one byte into `wake_fd`);
+ * `thread`: the ticker's own C thread (spear_ticker_start), or NULL. */
 typedef struct {
     int64_t running;
     int64_t started;
     int32_t sleeping;
     int32_t wake_fd;
+    void *thread;
 } spear_ticker_t;
 
 /* One handler of one instance, prepared once: its function and its name. */
@@ -95,3 +97,13 @@ void spear_ticker_leave(spear_ticker_t *t);
  * 0 = a call started meanwhile, keep ticking. */
 int spear_ticker_try_sleep(spear_ticker_t *t);
 void spear_ticker_awake(spear_ticker_t *t);
+/* The ticker as a C thread: it never needs the GIL, so a busy Python thread never waits for
+ * it to tick, nor does the ticker wait for Python. Every `tick_ns` it calls
+ * `increment_epoch(engine)` (wasmtime_engine_increment_epoch); `idle_grace_ns` after the
+ * last call it parks on `wake_read_fd` (at most `nap_ns` at a time). 0, or an errno when
+ * the thread could not be started. */
+int spear_ticker_start(spear_ticker_t *t, void *increment_epoch, void *engine,
+                       uint64_t tick_ns, uint64_t idle_grace_ns, uint64_t nap_ns,
+                       int32_t wake_read_fd);
+/* Stops the thread and waits for it (the engine may be deleted afterwards). */
+void spear_ticker_stop(spear_ticker_t *t);
