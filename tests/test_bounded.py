@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from k8s_support import TESTS_DIR, PodWorker
+from socket_probes import closed_by_peer
 from spear import (
     ChannelClosed,
     ChannelConfig,
@@ -300,15 +301,6 @@ def test_an_unauthenticated_huge_execute_is_refused_before_it_is_read(
     assert rss(grpc_pod.pid) - before < 24 * MIB  # 180 MiB were offered
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(4096, socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 async def test_grpc_connections_beyond_the_cap_or_silent_are_closed() -> None:
     with PodWorker("--grpc", "127.0.0.1:0", "k8s_handlers:echo",
                    env={"SPEAR_TOKEN": TOKEN}) as worker:
@@ -318,14 +310,14 @@ async def test_grpc_connections_beyond_the_cap_or_silent_are_closed() -> None:
                  for _ in range(WORKER_MAX_CONNECTIONS + extra)]
         try:
             await asyncio.sleep(1.0)
-            closed = {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+            closed = {i for i, sock in enumerate(socks) if closed_by_peer(sock)}
             assert len(closed) >= extra  # beyond the cap
             # Those within it never start HTTP/2: the handshake deadline closes them too.
             deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 10
             while len(closed) < len(socks):
                 assert time.monotonic() < deadline, f"{len(socks) - len(closed)} were kept"
                 await asyncio.sleep(0.2)
-                closed |= {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+                closed |= {i for i, sock in enumerate(socks) if closed_by_peer(sock)}
         finally:
             for sock in socks:
                 sock.close()

@@ -25,6 +25,7 @@ from front_door_support import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from socket_probes import closed_by_peer
 from spear.errors import InvalidConfiguration
 from spear.invocation.generated import function_service_pb2 as pb
 from spear.invocation.generated import function_service_pb2_grpc as pb_grpc
@@ -83,15 +84,6 @@ async def test_grpc_timeouts_have_one_shape_whichever_side_is_first(
             assert missing.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(4096, socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 async def test_grpc_connections_beyond_max_connections_or_silent_are_closed(
         wasm_fixture: Callable[[str], Path]) -> None:
     async with running_server(functions_table(wasm_fixture)[:1], max_connections=4,
@@ -101,13 +93,13 @@ async def test_grpc_connections_beyond_max_connections_or_silent_are_closed(
         socks = [socket.create_connection((host, int(port))) for _ in range(10)]
         try:
             await asyncio.sleep(0.5)
-            closed = {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+            closed = {i for i, sock in enumerate(socks) if closed_by_peer(sock)}
             assert len(closed) >= 6  # beyond max_connections, at once
             deadline = asyncio.get_running_loop().time() + 10
             while len(closed) < len(socks):  # the rest never spoke HTTP/2: head_timeout_s
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.1)
-                closed |= {i for i, sock in enumerate(socks) if _closed_by_peer(sock)}
+                closed |= {i for i, sock in enumerate(socks) if closed_by_peer(sock)}
         finally:
             for sock in socks:
                 sock.close()
