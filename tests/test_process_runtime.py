@@ -78,6 +78,14 @@ async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: flo
             await asyncio.sleep(0.02)
 
 
+async def wait_until_stopped(pid: int) -> None:
+    """Until every thread of `pid` is stopped (state T in /proc)."""
+    async with asyncio.timeout(5):
+        while not all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                      for task in Path(f"/proc/{pid}/task").iterdir()):
+            await asyncio.sleep(0.005)
+
+
 async def wait_until_gone(runtime: ProcessRuntime, instance: ProcessInstance) -> None:
     async with asyncio.timeout(5):
         while instance in runtime.instances():
@@ -485,8 +493,12 @@ async def test_a_stopped_child_is_declared_dead_after_missed_heartbeats(
     config = CONFIG.with_changes(keepalive_interval_ms=100)
     instance = await runtime.start_instance("frozen", command=ROUTE, config=config)
     assert (await call(instance, "echo", b"alive")).ok
-    pending = asyncio.ensure_future(call(instance, "echo", b"never answered"))
     os.kill(instance.pid, signal.SIGSTOP)
+    # A stop takes effect when the child next enters the kernel or is interrupted, which on a
+    # busy VM can be after it has answered a request sent right away: wait until it has.
+    await wait_until_stopped(instance.pid)
+    pending = asyncio.ensure_future(
+        call(instance, "echo", b"never answered", request_id="never"))
     started = time.monotonic()
     try:
         with pytest.raises(ChannelClosed, match="missed 3 heartbeats"):
