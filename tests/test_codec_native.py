@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -205,4 +206,35 @@ def test_without_the_c_helper_the_python_codec_is_used_and_said_once_at_warning(
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_wire_helper_others_could_have_written_is_not_loaded(tmp_path: Path) -> None:
+    # A copy of the package whose wire helper is group-writable: the helper is refused (the
+    # same check as the fast-call helper and libwasmtime) and the Python codec does the work.
+    package = Path(codec.__file__).parent.parent
+    if not list((package / "protocol").glob("_wire*.so")):
+        pytest.skip("the wire codec's C helper is not built in this installation")
+    copy = tmp_path / "spear"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for helper in (copy / "protocol").glob("_wire*.so"):
+        helper.chmod(0o664)
+    script = textwrap.dedent("""
+        import logging, sys
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        logging.getLogger().addHandler(Keep())
+        from spear.messages import ExecutionRequest
+        from spear.protocol import codec
+        assert codec.__file__.startswith(sys.argv[1]), codec.__file__
+        assert not codec.native_active()
+        assert any("writable by other users" in message for message in records), records
+        request = ExecutionRequest("r", "f", b"x", 5, {})
+        assert codec.decode(codec.request_frame(request)[4:]) == request
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(copy)], capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0, done.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import spear
 import wasmtime
+from spear.native_trust import UntrustedFile, check_native_library
 from spear.transport.wasm import capi
-from spear.transport.wasm.trust import UntrustedFile, check_native_library
 
 
 def fake_package(root: Path) -> tuple[Path, Path]:

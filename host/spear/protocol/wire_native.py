@@ -3,17 +3,18 @@ with the package, never at run time).
 
 It is optional: an installation built without a C compiler, or a process started with
 `SPEAR_NO_NATIVE=1`, encodes and decodes in pure Python, and says so once. Only the module
-inside this very package directory is loaded.
+inside this very package directory is loaded, and only if no other user could have written
+it (`spear.native_trust`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from spear.native_trust import load_package_extension
 
 log = logging.getLogger("spear.protocol")
 
@@ -26,13 +27,7 @@ def load_wire() -> Any:
         log.info("SPEAR_NO_NATIVE is set: messages are encoded and decoded in pure Python")
         return None
     try:
-        spec = importlib.util.find_spec(MODULE)
-        if spec is None or spec.origin is None:
-            raise ImportError(f"no module named {MODULE}")
-        here = Path(__file__).resolve().parent
-        if Path(spec.origin).resolve().parent != here:
-            raise ImportError(f"{spec.origin} is not inside {here}")
-        return importlib.import_module(MODULE)
+        return load_package_extension(MODULE, Path(__file__).parent, "the wire codec helper")
     except ImportError as exc:
         log.warning("the wire codec's C helper was not built with this installation (%s); "
                     "messages are encoded and decoded in pure Python, more slowly", exc)

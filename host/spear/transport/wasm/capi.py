@@ -236,7 +236,7 @@ def _library_path() -> Path:
     """
     import importlib.util
 
-    from spear.transport.wasm.trust import UntrustedFile, check_native_library
+    from spear.native_trust import UntrustedFile, check_native_library
 
     spec = importlib.util.find_spec("wasmtime")
     if spec is None or not spec.submodule_search_locations:

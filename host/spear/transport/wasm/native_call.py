@@ -5,9 +5,9 @@ output) into one C function, so a call crosses from Python to C once, through cf
 mode (a direct C call, no libffi). The helper is built when the wheel or the editable install
 is built (`native/build_fastcall.py`, run by setup.py) and imported as an ordinary extension
 module of this package: nothing is compiled, written or loaded from anywhere else at run
-time, and the file is checked (`trust.py`) before it is imported. Where it was not built (an
-sdist installed without a C compiler), or with SPEAR_NO_NATIVE=1, calls take the pure-Python
-path, which is slower but equivalent.
+time, and the file is checked (`spear.native_trust`) before it is imported. Where it was not
+built (an sdist installed without a C compiler), or with SPEAR_NO_NATIVE=1, calls take the
+pure-Python path, which is slower but equivalent.
 
 The helper has its own cffi `ffi`; wasmtime handles cross from capi's `ffi` as addresses
 (`to_native`, `from_native`), once per instance, never per call.
@@ -15,15 +15,13 @@ The helper has its own cffi `ffi`; wasmtime handles cross from capi's `ffi` as a
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from spear.native_trust import load_package_extension
 from spear.transport.wasm.capi import ffi, lib
-from spear.transport.wasm.trust import check_native_library
 
 log = logging.getLogger("spear.wasm.native")
 
@@ -35,16 +33,7 @@ def _load() -> tuple[Any, Any]:
         log.info("SPEAR_NO_NATIVE is set: WASM calls take the pure-Python path")
         return None, None
     try:
-        spec = importlib.util.find_spec(HELPER)
-        if spec is None or spec.origin is None:
-            raise ImportError(f"no module named {HELPER}")
-        here = Path(__file__).resolve().parent
-        # Only the file built into this very package directory, and only if nobody else
-        # could have written it.
-        if Path(spec.origin).resolve().parent != here:
-            raise ImportError(f"{spec.origin} is not inside {here}")
-        check_native_library(Path(spec.origin), here.parent.parent, "the fast-call helper")
-        module = importlib.import_module(HELPER)
+        module = load_package_extension(HELPER, Path(__file__).parent, "the fast-call helper")
     except ImportError as exc:
         log.warning("the native fast-call helper was not built with this installation (%s); "
                     "WASM calls take the slower pure-Python path", exc)

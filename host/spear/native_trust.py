@@ -1,19 +1,25 @@
 """Native code is loaded only from files that no other user can have written.
 
-The host loads two shared libraries: the `libwasmtime` that the `wasmtime` package ships and
-the fast-call helper compiled into this package. Before either is loaded, the file and every
-directory from it up to the package that holds it must be owned by root or by us and be
-writable by nobody else; a symlink on the way is followed only if its target passes the same
-checks. A library failing this is refused with an ImportError that names the reason.
+The host loads the `libwasmtime` that the `wasmtime` package ships and the extensions
+compiled into this package (the fast-call helper, the wire codec). Before any is loaded, the
+file and every directory from it up to the package that holds it must be owned by root or by
+us and be writable by nobody else; a symlink on the way is followed only if its target passes
+the same checks. A library failing this is refused with an ImportError that names the reason.
+
+It sits below the layers: the WASM transport and the protocol package both load through it.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import stat
 from pathlib import Path
+from types import ModuleType
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_PACKAGE = Path(__file__).resolve().parent  # the `spear` package
 
 
 class UntrustedFile(ImportError):
@@ -57,3 +63,16 @@ def check_native_library(library: Path, package_dir: Path, what: str) -> Path:
             break
         directory = directory.parent
     return resolved
+
+
+def load_package_extension(module: str, directory: Path, what: str) -> ModuleType:
+    """Import the compiled extension `module`, only if it was built into `directory` (a
+    folder of this package) and passes `check_native_library`; ImportError otherwise."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no module named {module}")
+    here = directory.resolve()
+    if Path(spec.origin).resolve().parent != here:
+        raise ImportError(f"{spec.origin} is not inside {here}")
+    check_native_library(Path(spec.origin), _PACKAGE, what)
+    return importlib.import_module(module)
