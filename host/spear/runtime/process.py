@@ -602,35 +602,22 @@ async def _pump(
                          burst=OUTPUT_LINES_BURST, bytes_per_s=OUTPUT_BYTES_PER_S,
                          burst_bytes=OUTPUT_BURST_BYTES, summary_interval=1.0, level=level)
     try:
-        await _pump_lines(stream, logger, level, name, tail, extra, pid_hint, limiter)
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:
+                if limiter.allow("too long"):
+                    logger.log(level, "[%s %s] (line longer than %d bytes dropped)",
+                               pid_hint, name, 2**16, extra=extra)
+                continue
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return
+            if not raw:
+                return
+            line = raw[:MAX_OUTPUT_LINE].decode(errors="replace").rstrip("\r\n")
+            if tail is not None:
+                tail.append(line)
+            if limiter.allow(name, len(line)):
+                logger.log(level, "[%s %s] %s", pid_hint, name, line, extra=extra)
     finally:
         limiter.flush()  # what was held back is said when the stream ends
-
-
-async def _pump_lines(
-    stream: asyncio.StreamReader,
-    logger: logging.Logger,
-    level: int,
-    name: str,
-    tail: collections.deque[str] | None,
-    extra: dict[str, str],
-    pid_hint: str,
-    limiter: LogLimiter,
-) -> None:
-    while True:
-        try:
-            raw = await stream.readline()
-        except ValueError:
-            if limiter.allow("too long"):
-                logger.log(level, "[%s %s] (line longer than %d bytes dropped)", pid_hint,
-                           name, 2**16, extra=extra)
-            continue
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        if not raw:
-            return
-        line = raw[:MAX_OUTPUT_LINE].decode(errors="replace").rstrip("\r\n")
-        if tail is not None:
-            tail.append(line)
-        if limiter.allow(name, len(line)):
-            logger.log(level, "[%s %s] %s", pid_hint, name, line, extra=extra)
