@@ -1,0 +1,129 @@
+"""The front door's HTTP server (`HttpServer`: uvicorn's httptools protocol with spear's
+changes) with small ASGI apps of every shape: the response head leaves with the first body
+message, so every shape of answer must still arrive whole and in order; idle keep-alive
+connections are closed by the sweep."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from front_door_support import read_response
+from spear.invocation.http_server import HttpLimits, HttpServer
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+BIG = bytes(range(256)) * 1024  # 256 KiB: past the size where the head is written alone
+
+
+async def _answer(scope: dict[str, Any], receive: Any, send: Send) -> None:
+    """The path says how to answer."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    if path == "/fail-after-start":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("the app broke after starting its answer")
+    if path == "/stream":  # no content-length: chunked, with pauses between pieces
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"one,", b"two,", b"three"):
+            await asyncio.sleep(0.01)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    output = {"/big": BIG, "/empty": b""}.get(path, body)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"%d" % len(output))]})
+    await send({"type": "http.response.body", "body": output})
+
+
+@asynccontextmanager
+async def _serving(limits: HttpLimits | None = None) -> AsyncIterator[int]:
+    server = HttpServer(_answer, limits or HttpLimits())
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await server.stop()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            return body
+        body += data[:-2]
+
+
+async def test_every_shape_of_answer_arrives_whole_on_one_connection() -> None:
+    async with _serving() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for path, method, body, expected in (
+                ("/echo", "POST", b"hello", b"hello"),
+                ("/big", "GET", b"", BIG),
+                ("/empty", "GET", b"", b""),
+                ("/echo", "POST", b"x" * 70000, b"x" * 70000),
+                ("/big", "HEAD", b"", b""),
+                ("/echo", "POST", b"after head", b"after head"),
+            ):
+                writer.write(f"{method} {path} HTTP/1.1\r\nHost: t\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                response = await asyncio.wait_for(
+                    read_response(reader, head=method == "HEAD"), 5)
+                assert response.status == 200, path
+                assert response.body == expected, path
+                if method == "HEAD":
+                    assert response.headers["content-length"] == str(len(BIG))
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"transfer-encoding: chunked" in head.lower()
+            assert await asyncio.wait_for(_read_chunked(reader), 5) == b"one,two,three"
+        finally:
+            writer.close()
+
+
+async def test_an_app_that_fails_after_starting_its_answer_closes_the_connection() -> None:
+    async with _serving() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /fail-after-start HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+            # The head was already given to the connection: it goes out, then the close.
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert received.endswith(b"\r\n\r\n")
+        finally:
+            writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -> None:
+    async with _serving(HttpLimits(keep_alive_s=1)) as port:
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            request = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+            idle_writer.write(request)
+            assert (await read_response(idle_reader)).body == b"hi"
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(5):  # 2.5 s of requests 0.5 s apart: never idle for 1 s
+                busy_writer.write(request)
+                assert (await asyncio.wait_for(read_response(busy_reader), 5)).body == b"hi"
+                await asyncio.sleep(0.5)
+            # The idle one was closed after its keep-alive (1 s, swept every 0.5 s).
+            assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+            assert loop.time() - started < 5
+            busy_writer.write(request)
+            assert (await asyncio.wait_for(read_response(busy_reader), 5)).body == b"hi"
+        finally:
+            busy_writer.close()
+            idle_writer.close()
