@@ -38,10 +38,24 @@ async def _answer(scope: dict[str, Any], receive: Any, send: Send) -> None:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path in _ODD_HEADERS:
+        await send({"type": "http.response.start", "status": 200 if path != "/no-content" else 204,
+                    "headers": _ODD_HEADERS[path]})
+        await send({"type": "http.response.body", "body": b"" if path == "/no-content" else b"ok"})
+        return
     output = {"/big": BIG, "/empty": b""}.get(path, body)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"%d" % len(output))]})
     await send({"type": "http.response.body", "body": output})
+
+
+_ODD_HEADERS: dict[str, list[tuple[bytes, bytes]]] = {
+    "/split-value": [(b"content-length", b"2"), (b"x-a", b"1\r\nset-cookie: stolen=1")],
+    "/split-name": [(b"content-length", b"2"), (b"x-a\r\nset-cookie", b"stolen=1")],
+    "/upper": [(b"Content-Length", b"2"), (b"X-Mixed-Case", b"v\tw")],
+    "/close": [(b"content-length", b"2"), (b"connection", b"Keep-Alive, Close")],
+    "/no-content": [(b"x-a", b"1")],
+}
 
 
 @asynccontextmanager
@@ -127,3 +141,32 @@ async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -
         finally:
             busy_writer.close()
             idle_writer.close()
+
+
+async def test_response_headers_are_checked_lowered_and_honoured() -> None:
+    async with _serving() as port:
+        for path in ("/split-value", "/split-name"):  # response splitting: never written
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                received = await asyncio.wait_for(reader.read(), 5)
+                assert b"stolen" not in received
+                assert b"HTTP/1.1 200" not in received
+            finally:
+                writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /upper HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = await asyncio.wait_for(read_response(reader), 5)
+            assert b"x-mixed-case: v\tw\r\n" in response.raw
+            assert b"content-length: 2\r\n" in response.raw and response.body == b"ok"
+            writer.write(b"GET /no-content HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = await asyncio.wait_for(read_response(reader), 5)
+            assert response.status == 204
+            assert b"transfer-encoding" not in response.raw.lower()
+            writer.write(b"GET /close HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = await asyncio.wait_for(read_response(reader), 5)
+            assert response.body == b"ok"
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the app asked to close
+        finally:
+            writer.close()

@@ -58,6 +58,8 @@ DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 _INVOKE_PREFIX = "/functions/"
 _INVOKE_SUFFIX = "/invoke"
+_INVOKE_PREFIX_LEN = len(_INVOKE_PREFIX)
+_INVOKE_SUFFIX_LEN = len(_INVOKE_SUFFIX)
 _META_PREFIX = b"x-spear-meta-"
 _META_PREFIX_LEN = len(_META_PREFIX)
 _OCTET = (b"content-type", b"application/octet-stream")
@@ -68,6 +70,7 @@ _RETRY = (b"retry-after", b"1")
 _BEARER_CHALLENGE = (b"www-authenticate", b'Bearer realm="spear"')
 _SUCCESS = ExecutionStatus.SUCCESS
 _perf_counter = time.perf_counter
+_INFO = logging.INFO
 
 
 class SpearAsgiApp:
@@ -98,29 +101,23 @@ class SpearAsgiApp:
     def new_request_id(self) -> str:
         return self._prefix + str(next(self._ids))
 
-    # -- ASGI entry ---------------------------------------------------------------------------
+    # -- ASGI entry: POST /functions/{name}/invoke is the hot path, written out here ----------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root):]
-            if path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX):
-                await self._invoke(scope, receive, send, path)
-            else:
-                await self._other(scope, send, path)
-        elif kind == "lifespan":
-            await _lifespan(receive, send)
-        # websocket and anything else: not ours; the server closes the connection.
-
-    # -- POST /functions/{name}/invoke -----------------------------------------------------------
-
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return  # websocket and anything else: not ours; the server closes the connection
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if not (path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX)):
+            await self._other(scope, send, path)
+            return
         started = _perf_counter()
         request_id = self._prefix + str(next(self._ids))
-        name = path[len(_INVOKE_PREFIX):-len(_INVOKE_SUFFIX)]  # ASGI paths come decoded
+        name = path[_INVOKE_PREFIX_LEN:-_INVOKE_SUFFIX_LEN]  # ASGI paths come decoded
         if scope["method"] != "POST":
             await _send(send, 405, b"use POST\n", request_id,
                         [_TEXT, (b"allow", b"POST")], scope)
@@ -128,10 +125,16 @@ class SpearAsgiApp:
         length = -1
         authorization: bytes | None = None
         meta: list[tuple[str, str]] | None = None
+        timeout: float | None = None
+        metadata: dict[str, str] | None = None
         try:
             for key, value in scope["headers"]:
                 if key == b"content-length":
-                    length = _content_length(value)
+                    # uvicorn's parser has checked it already (one header, digits only);
+                    # another server might not have.
+                    if not value.isdigit():
+                        raise InvalidRequest("Content-Length must be a number of bytes")
+                    length = int(value)
                 elif key.startswith(_META_PREFIX):
                     if meta is None:
                         meta = []
@@ -142,14 +145,11 @@ class SpearAsgiApp:
             if self.tokens is not None and not self.tokens.accepts_header(authorization):
                 await self._unauthenticated(send, request_id, scope, close=length != 0)
                 return
-            timeout: float | None = None
             query: bytes = scope["query_string"]
             if query:
-                for key_text, value_text in parse_qsl(query.decode("latin-1"),
-                                                      keep_blank_values=True):
-                    if key_text == "timeout":
-                        timeout = parse_timeout(value_text)
-            metadata = check_metadata(meta) if meta else None
+                timeout = _timeout_option(query)
+            if meta is not None:
+                metadata = check_metadata(meta)
         except InvalidRequest as exc:
             # A body we did not read would be taken for the next request: close unless empty.
             await self._refuse(send, failure_of(exc, name, None), name, request_id, scope,
@@ -163,7 +163,7 @@ class SpearAsgiApp:
             await self._refuse(send, _too_large(length, self.max_body_bytes), name, request_id,
                                scope, close=True, started=started)
             return
-        # Reserve the whole declared body (or, for chunked bodies, each chunk as it comes).
+        # Reserve the whole declared body (a chunked body reserves as it arrives).
         reserved = length if length > 0 else 0
         if self._buffered + reserved > self.max_buffered_bytes:
             await self._refuse(send, _busy(), name, request_id, scope, close=True,
@@ -176,31 +176,11 @@ class SpearAsgiApp:
                 return  # the client went away
             body: bytes = message["body"]
             if message.get("more_body"):
-                # Several pieces (a large or chunked body): gather them within the limits.
-                chunks = bytearray()
-                limit = self.max_body_bytes
-                piece = body
-                while True:
-                    if len(chunks) + len(piece) > limit:
-                        await self._refuse(send, _too_large_chunked(limit), name, request_id,
-                                           scope, close=True, started=started)
-                        return
-                    chunks += piece
-                    grow = len(chunks) - reserved
-                    if grow > 0:  # chunked: reserve as it arrives
-                        if self._buffered + grow > self.max_buffered_bytes:
-                            await self._refuse(send, _busy(), name, request_id, scope,
-                                               close=True, started=started)
-                            return
-                        self._buffered += grow
-                        reserved += grow
-                    if not message.get("more_body"):
-                        break
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return
-                    piece = message["body"]
-                body = bytes(chunks)
+                gathered = await self._gather(message, receive, send, reserved, name,
+                                              request_id, scope, started)
+                if gathered is None:
+                    return
+                body, reserved = gathered
             self.in_flight += 1
             try:
                 response = await self.spearlet.invoke(name, body, timeout=timeout,
@@ -232,10 +212,49 @@ class SpearAsgiApp:
                 headers.append(_CLOSE)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": output})
-            if access_log.isEnabledFor(logging.INFO):
+            if access_log.isEnabledFor(_INFO):
                 _log_access(scope, 200, name, request_id, started)
         finally:
             self._buffered -= reserved
+
+    async def _gather(
+        self, message: Message, receive: Receive, send: Send, reserved: int, name: str,
+        request_id: str, scope: Scope, started: float,
+    ) -> tuple[bytes, int] | None:
+        """A body in several pieces (large or chunked), gathered within the limits: the body
+        and what is now reserved for it, or None when the request was refused (or its client
+        left). The caller gives back what was reserved before; this gives back the rest."""
+        chunks = bytearray()
+        limit = self.max_body_bytes
+        piece: bytes = message["body"]
+        grown = 0
+        handed = False
+        try:
+            while True:
+                if len(chunks) + len(piece) > limit:
+                    await self._refuse(send, _too_large_chunked(limit), name, request_id,
+                                       scope, close=True, started=started)
+                    return None
+                chunks += piece
+                grow = len(chunks) - reserved - grown
+                if grow > 0:  # chunked: reserve as it arrives
+                    if self._buffered + grow > self.max_buffered_bytes:
+                        await self._refuse(send, _busy(), name, request_id, scope,
+                                           close=True, started=started)
+                        return None
+                    self._buffered += grow
+                    grown += grow
+                if not message.get("more_body"):
+                    break
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                piece = message["body"]
+            handed = True  # the caller gives all of it back when the request ends
+            return bytes(chunks), reserved + grown
+        finally:
+            if not handed:
+                self._buffered -= grown
 
     def _effective_timeout(self, name: str, timeout: float | None) -> float | None:
         if timeout is not None:
@@ -346,12 +365,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _content_length(value: bytes) -> int:
-    """uvicorn's parser has checked it already (one header, digits only); another server
-    might not have."""
-    if value.isdigit():
-        return int(value)
-    raise InvalidRequest("Content-Length must be a number of bytes")
+def _timeout_option(query: bytes) -> float | None:
+    """`?timeout=SECONDS` from a query string (the last one wins), checked."""
+    timeout = None
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == "timeout":
+            timeout = parse_timeout(value)
+    return timeout
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -38,7 +38,13 @@ from typing import Any
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from spear.errors import InvalidConfiguration
 from spear.log_limit import LogLimiter
@@ -115,22 +121,87 @@ _JOIN_BELOW = 64 * 1024
 
 
 class _OneWriteCycle(RequestResponseCycle):
-    """uvicorn's request cycle whose response head leaves together with the first body
-    message (see `_HeadHoldingWriter`)."""
+    """uvicorn's request cycle, whose response head leaves together with the first body
+    message (see `_HeadHoldingWriter`), and is rendered here for the common case: header
+    names already checked are remembered (they are mostly the same few), values are checked
+    in one pass, and the server's default headers (the date) are rendered once per second,
+    not once per response. The checks are uvicorn's own expressions; anything unusual (an
+    access log, a paused or lost connection) goes through uvicorn's `send`."""
 
     transport: _HeadHoldingWriter  # type: ignore[assignment]
 
     async def send(self, message: Any) -> None:
         writer = self.transport
-        if not self.response_started:
+        if self.response_started:
+            await super().send(message)
+            writer.flush()  # a HEAD answer or an empty body: nothing carried the head out
+        elif (message["type"] != "http.response.start" or self.access_log
+              or self.flow.write_paused or self.disconnected):
             writer.holding = True
             try:
                 await super().send(message)
             finally:
                 writer.holding = False
-            return
-        await super().send(message)
-        writer.flush()  # a HEAD answer or an empty body: nothing carried the head out
+        else:
+            writer.head = self._render_head(message)
+
+    def _render_head(self, message: Any) -> bytes:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        content = [STATUS_LINE[status], _rendered_defaults(self.default_headers)]
+        values = []
+        close = False
+        for name, value in message.get("headers", ()):
+            if name not in _checked_names:
+                name = _checked_name(name)
+            values.append(value)
+            if name == b"content-length":
+                if self.chunked_encoding is None:
+                    self.expected_content_length = int(value.decode())
+                    self.chunked_encoding = False
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    self.expected_content_length = 0
+                    self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [
+                    token.lower().strip() for token in value.split(b",")]:
+                self.keep_alive = False
+                close = True
+            content += (name, b": ", value, b"\r\n")
+        if values and HEADER_VALUE_RE.search(b"\t".join(values)):  # tab is allowed in values
+            raise RuntimeError("Invalid HTTP header value.")
+        if not self.keep_alive and not close:
+            content.append(b"connection: close\r\n")
+        if (self.chunked_encoding is None and self.scope["method"] != "HEAD"
+                and status not in (204, 304)):
+            self.chunked_encoding = True  # neither a length nor chunked: uvicorn's default
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
+
+
+_MAX_CHECKED_NAMES = 256
+_checked_names: set[bytes] = set()  # lower-case header names that passed HEADER_RE
+_defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
+
+
+def _checked_name(name: bytes) -> bytes:
+    if HEADER_RE.search(name):
+        raise RuntimeError("Invalid HTTP header name.")
+    lowered = name.lower()
+    if lowered == name and len(_checked_names) < _MAX_CHECKED_NAMES:
+        _checked_names.add(lowered)
+    return lowered
+
+
+def _rendered_defaults(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The server's default headers as bytes; uvicorn replaces the list each second."""
+    global _defaults
+    if _defaults[0] is not headers:
+        _defaults = (headers, b"".join(name.lower() + b": " + value + b"\r\n"
+                                       for name, value in headers))
+    return _defaults[1]
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
