@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,6 @@ class MemoryChannel(CommunicationChannel):
                 "a WASM channel answers ExecutionRequest and HealthCheck, "
                 f"not {type(request).__name__}"
             )
-        if self._closed:
-            raise ChannelClosed(f"channel to {self._id.full_id} is closed")
         if timeout is None:
             timeout_ms = request.timeout_ms
             if timeout_ms == 0:
@@ -207,27 +206,58 @@ class MemoryChannel(CommunicationChannel):
         metadata = request.metadata or None
         if metadata is not None and type(metadata) is not dict:
             encode_metadata(metadata, "request.metadata")
-        started = _perf_counter()
+        result = self.start(request.request_id, function, data, timeout, metadata)
+        if isinstance(result, ExecutionResponse):
+            return result
+        return await result
+
+    def start(
+        self, request_id: str, function: str, data: bytes, timeout: float | None,
+        metadata: dict[str, str] | None,
+    ) -> ExecutionResponse | Awaitable[ExecutionResponse]:
+        """`request_response` without the request object, for callers that have checked the
+        timeout (seconds in (0, MAX_TIMEOUT], or None for the channel's default): the
+        response itself when the call ran on the event loop, else an awaitable of it (the
+        caller must await it). Raises what `request_response` raises. The session checks
+        the other arguments' types."""
+        if self._closed:
+            raise ChannelClosed(f"channel to {self._id.full_id} is closed")
+        if type(data) is not bytes:
+            data = as_input(data)
+        if timeout is None:
+            timeout = self._default_timeout
         if not self._threaded and self._session.live and (
             (function in self._inline and len(data) <= INLINE_MAX_INPUT)
             or self._dispatch == "inline"
         ):
+            started = _perf_counter()
             result = self._execute(function, data, timeout, metadata, self._budget)
             elapsed = _perf_counter() - started
-            if type(result) is not bytes and result.needs_thread:  # type: ignore[union-attr]
-                self._caught_slow(function)
-                remaining = None if timeout is None else timeout - elapsed
-                if remaining is not None and remaining <= 0:
-                    self._stats.timeout_errors += 1
-                    raise Timeout(f"{self._id.full_id}: {function!r} did not finish within "
-                                  f"{timeout} s")
-                result = await self._run_threaded(function, data, metadata, remaining)
-                elapsed = _perf_counter() - started
-            elif elapsed > self._inline_threshold:
-                self._learn(function, elapsed)  # demote it to the thread
-        else:
-            result = await self._run_threaded(function, data, metadata, timeout)
-            elapsed = _perf_counter() - started
+            if type(result) is bytes or not result.needs_thread:  # type: ignore[union-attr]
+                if elapsed > self._inline_threshold:
+                    self._learn(function, elapsed)  # demote it to the thread
+                return self._response(request_id, data, result, elapsed)
+            # Caught at the loop budget (what it did was undone): again on the thread.
+            self._caught_slow(function)
+            remaining = None if timeout is None else timeout - elapsed
+            if remaining is not None and remaining <= 0:
+                self._stats.timeout_errors += 1
+                raise Timeout(f"{self._id.full_id}: {function!r} did not finish within "
+                              f"{timeout} s")
+            return self._threaded_response(request_id, function, data, metadata, remaining,
+                                           started)
+        return self._threaded_response(request_id, function, data, metadata, timeout,
+                                       _perf_counter())
+
+    async def _threaded_response(
+        self, request_id: str, function: str, data: bytes, metadata: dict[str, str] | None,
+        timeout: float | None, started: float,
+    ) -> ExecutionResponse:
+        result = await self._run_threaded(function, data, metadata, timeout)
+        return self._response(request_id, data, result, _perf_counter() - started)
+
+    def _response(self, request_id: str, data: bytes, result: CallResult,
+                  elapsed: float) -> ExecutionResponse:
         # StatsRecorder's counters, bumped inline: this runs for every request.
         stats = self._stats
         stats.messages_sent += 1
@@ -239,15 +269,14 @@ class MemoryChannel(CommunicationChannel):
             stats.bytes_received += len(result)
             stats.requests_completed += 1
             stats.latency_total += elapsed
-            return ExecutionResponse(request.request_id, result, _SUCCESS, None, None,
-                                     elapsed * 1000.0)
+            return ExecutionResponse(request_id, result, _SUCCESS, None, None, elapsed * 1000.0)
         assert isinstance(result, CallFailure)
         if result.timed_out:
             stats.timeout_errors += 1
             raise Timeout(f"{self._id.full_id}: {result.message}")
         stats.received(0)
         stats.completed(elapsed)
-        return ExecutionResponse(request.request_id, b"", _ERROR, result.message, result.code,
+        return ExecutionResponse(request_id, b"", _ERROR, result.message, result.code,
                                  elapsed * 1000.0)
 
     def _timed(self, function: str, data: bytes, timeout: float | None,

@@ -31,6 +31,9 @@ log = logging.getLogger("spear.invocation")
 
 Launch = Callable[[FunctionSpec, int, str], Awaitable[RuntimeInstance]]
 Stop = Callable[[RuntimeInstance], Awaitable[None]]
+# request id, handler, input, timeout (s), metadata -> the response, or an awaitable of it
+StartCall = Callable[[str, str, bytes, float | None, dict[str, str] | None],
+                     ExecutionResponse | Awaitable[ExecutionResponse]]
 
 
 def transport_of(instance: RuntimeInstance) -> str:
@@ -50,11 +53,11 @@ class Slot:
         "channel",
         "current_weight",
         "draining",
-        "execute",
         "index",
         "instance",
         "outstanding",
         "pool",
+        "start",
         "stats",
         "weight",
     )
@@ -68,8 +71,7 @@ class Slot:
         self.stats = stats
         self.channel = instance.channel
         self.call: Callable[[ExecutionRequest, float | None], Awaitable[RuntimeMessage]]
-        self.execute: Callable[[ExecutionRequest, float | None], Awaitable[ExecutionResponse]] \
-            | None
+        self.start: StartCall | None
         self.bind_channel()
         self.index = index
         self.capacity = capacity
@@ -83,12 +85,12 @@ class Slot:
     def bind_channel(self) -> None:
         """(Re)read the instance's channel: a restarted process instance has a new one."""
         self.channel = channel = self.instance.channel
-        # The WASM channel answers an ExecutionRequest with an ExecutionResponse straight from
-        # `request_response` (its hot path; its typed `execute` wraps it), and its replies
+        # The WASM channel starts a call without a request object and answers at once when
+        # the call ran on the event loop (`MemoryChannel.start`, its hot path); its replies
         # carry the call's own timing (`execution_time_ms`, measured around the in-process
         # call), so `invoke` does not time the same call a second time.
-        execute = channel.request_response if self.stats.transport == "memory" else None
-        self.execute = execute  # type: ignore[assignment]
+        self.start = getattr(channel, "start", None) if self.stats.transport == "memory" \
+            else None
         self.call = channel.request_response
 
     def release(self) -> None:

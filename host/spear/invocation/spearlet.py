@@ -206,24 +206,25 @@ class Spearlet:
             slot = pool.pick()
             if slot is None:
                 return await self._invoke_queued(pool, input, timeout, metadata, request_id)
+        explicit = timeout
         if timeout is None:
             timeout = pool.default_timeout
-            timeout_ms = pool.default_timeout_ms
-        else:
-            timeout_ms = int(timeout * 1000) or 1  # 0 would mean "no deadline" to the worker
         slot.outstanding += 1
-        request = ExecutionRequest(str(next(self._ids)) if request_id is None else request_id,
-                                   pool.handler, input, timeout_ms,
-                                   {} if metadata is None else metadata)
-        execute = slot.execute
-        if execute is None:
+        if request_id is None:
+            request_id = str(next(self._ids))
+        start = slot.start
+        if start is None:
             # A socket round trip costs tens of microseconds or more: the generic path.
-            return await self._dispatch(pool, slot, request, timeout, False)
-        # In-process WASM: a call costs a few microseconds, so every step here counts.
+            return await self._dispatch(pool, slot, _request(
+                pool, request_id, input, explicit, metadata), timeout, False)
+        # In-process WASM: a call costs a few microseconds, so every step here counts. The
+        # channel answers at once when the call ran on the event loop.
         try:
-            response = await execute(request, timeout)
+            started = start(request_id, pool.handler, input, timeout, metadata)
+            response = started if isinstance(started, ExecutionResponse) else await started
         except Exception as exc:
             pool.release(slot)
+            request = _request(pool, request_id, input, explicit, metadata)
             return await self._recover(pool, slot, request, timeout, exc, None, False)
         except BaseException:
             pool.release(slot)
@@ -240,7 +241,7 @@ class Spearlet:
         else:
             stats.buckets[bisect_left(LATENCY_BOUNDS_MS, elapsed_ms)] += 1
         if response.status is not _SUCCESS:
-            return self._unusual(pool, slot, request, response)
+            return self._unusual(pool, slot, request_id, response)
         return response
 
     # -- invocation (slow paths) --------------------------------------------------------
@@ -285,11 +286,11 @@ class Spearlet:
         pool.release(slot)
         slot.stats.observe_ms((_perf_counter() - started) * 1000.0)
         if response.__class__ is not ExecutionResponse or response.status is not _SUCCESS:
-            return self._unusual(pool, slot, request, response)
+            return self._unusual(pool, slot, request.request_id, response)
         return response
 
     def _unusual(
-        self, pool: InstancePool, slot: Slot, request: ExecutionRequest, response: object,
+        self, pool: InstancePool, slot: Slot, request_id: str, response: object,
     ) -> ExecutionResponse:
         """A reply that is not a success: count it by kind; make it an `ExecutionResponse`
         (or raise `Timeout` for an instance's own timeout reply)."""
@@ -305,7 +306,7 @@ class Spearlet:
             return response
         if isinstance(response, Error):
             slot.stats.error(response.code or "error")
-            return ExecutionResponse(request.request_id, b"", ExecutionStatus.ERROR,
+            return ExecutionResponse(request_id, b"", ExecutionStatus.ERROR,
                                      response.message, response.code)
         slot.stats.error("invalid_reply")
         raise ExecutionFailed(
@@ -414,3 +415,13 @@ class Spearlet:
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower()
                    for i, c in enumerate(name))
+
+
+def _request(pool: InstancePool, request_id: str, input: bytes, timeout: float | None,
+             metadata: dict[str, str] | None) -> ExecutionRequest:
+    """The request as a channel's `request_response` takes it; `timeout` as the caller gave
+    it (None: the function's default)."""
+    # 0 would mean "no deadline" to the worker: a timeout under a millisecond is one.
+    timeout_ms = pool.default_timeout_ms if timeout is None else int(timeout * 1000) or 1
+    return ExecutionRequest(request_id, pool.handler, input, timeout_ms,
+                            {} if metadata is None else metadata)
