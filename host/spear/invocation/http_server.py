@@ -35,9 +35,11 @@ import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -219,13 +221,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_since: float | None = None
         self._idle_since: float | None = None  # keep-alive: since the last response
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        # uvicorn builds the cycle itself; this is where each one (pipelined ones included)
-        # is taken over before it runs.
-        cycle.__class__ = _OneWriteCycle
-        cycle.transport = self._writer  # type: ignore[assignment]
-        super()._start_asgi_task(cycle, app)
-
     def on_response_complete(self) -> None:
         # uvicorn's, without the per-response keep-alive timer: the sweep closes idle
         # connections instead.
@@ -271,18 +266,62 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        # Checked once per request, here: the raw count covers heads spread over reads; a
-        # head that ended within one large read is measured exactly only when that read was
-        # large (the common small request pays one comparison).
+        """uvicorn's step from a parsed head to a running request, with the head's limits
+        checked first, the request's cycle made as a `_OneWriteCycle`, and a bounded log
+        line for requests refused past `limit_concurrency`."""
+        # The raw count covers heads spread over reads; a head that ended within one large
+        # read is measured exactly only when that read was large (the common small request
+        # pays one comparison).
         headers = self.headers
-        if len(headers) > self.limits.max_headers or (
-                self._head_bytes > self.limits.max_head_bytes
+        limits = self.limits
+        if len(headers) > limits.max_headers or (
+                self._head_bytes > limits.max_head_bytes
                 and len(self.url) + sum(len(k) + len(v) + 4 for k, v in headers)
-                > self.limits.max_head_bytes):
+                > limits.max_head_bytes):
             raise _HeadTooLarge
         self._head_since = None
         self._body_since = self.loop.time()
-        super().on_headers_complete()
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        root_path = self.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("ascii") + raw_path
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = url.query or b""
+        app = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            if _refusal_lines.allow("503"):
+                log.warning("refused a request from %s: more than %d connections or requests "
+                            "at once", _client(self.client), limit,
+                            extra={"event": "http_refused", "status": 503})
+        previous = self.cycle
+        self.cycle = cycle = _OneWriteCycle(
+            scope=scope, transport=self._writer,  # type: ignore[arg-type]
+            flow=self.flow, logger=self.logger, access_logger=self.access_logger,
+            access_log=self.access_log, default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(), expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete)
+        if previous is None or previous.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: it starts when the one before it has answered
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def check_deadlines(self, now: float) -> None:
         """Called by the sweep: 408 for a head or a body that is too slow."""
