@@ -44,7 +44,7 @@ from spear.invocation.errors import InvalidRequest
 from spear.invocation.front_door_auth import BearerTokens
 from spear.invocation.request_limits import check_metadata, parse_timeout
 from spear.invocation.spearlet import Spearlet
-from spear.messages import ExecutionStatus
+from spear.messages import ExecutionResponse, ExecutionStatus
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -183,8 +183,9 @@ class SpearAsgiApp:
                 body, reserved = gathered
             self.in_flight += 1
             try:
-                response = await self.spearlet.invoke(name, body, timeout=timeout,
-                                                      metadata=metadata, request_id=request_id)
+                result = self.spearlet.begin(name, body, timeout=timeout, metadata=metadata,
+                                             request_id=request_id)
+                response = result if isinstance(result, ExecutionResponse) else await result
             except Exception as exc:
                 failure = failure_of(exc, name, self._effective_timeout(name, timeout))
                 await self._refuse(send, failure, name, request_id, scope,

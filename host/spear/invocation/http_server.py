@@ -215,6 +215,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._writer = _HeadHoldingWriter(transport)
+        self._scope_base: dict[str, Any] = {
+            "type": "http", "http_version": "1.1", "server": self.server,
+            "client": self.client, "scheme": self.scheme, "root_path": self.root_path}
         self._head_bytes = 0  # bytes read while a head is incomplete (an upper bound)
         self._read_size = 0
         self._head_since: float | None = self.loop.time()
@@ -260,7 +263,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, "request head too large")
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's per-request scope, from a copy of what stays the same on a connection.
+        self.url = b""
+        self.expect_100_continue = False
+        headers: list[tuple[bytes, bytes]] = []
+        self.headers = headers
+        self.scope = scope = self._scope_base.copy()  # type: ignore[assignment]
+        scope["asgi"] = {"version": self.asgi_version, "spec_version": "2.3"}
+        scope["headers"] = headers
+        scope["state"] = self.app_state.copy()
         self._head_bytes = self._read_size  # the read it starts in counts whole: an upper bound
         if self._head_since is None:
             self._head_since = self.loop.time()

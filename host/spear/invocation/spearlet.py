@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -191,6 +191,23 @@ class Spearlet:
         taken). `request_id` (unique per spearlet; the front doors make one per request) names
         the request on its channel and in logs; by default the spearlet numbers requests.
         """
+        result = self.begin(name, input, timeout=timeout, metadata=metadata,
+                            request_id=request_id)
+        return result if isinstance(result, ExecutionResponse) else await result
+
+    def begin(
+        self,
+        name: str,
+        input: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> ExecutionResponse | Awaitable[ExecutionResponse]:
+        """`invoke` for callers on the event loop that count microseconds (the front doors):
+        the response itself when the call ran at once (in-process WASM on the loop), else an
+        awaitable of it, which the caller must await. Raises what `invoke` raises, either
+        here or from the awaitable."""
         try:
             pool = self._pools[name]
         except KeyError:
@@ -205,7 +222,7 @@ class Spearlet:
         if slot is None or slot.outstanding >= slot.capacity:
             slot = pool.pick()
             if slot is None:
-                return await self._invoke_queued(pool, input, timeout, metadata, request_id)
+                return self._invoke_queued(pool, input, timeout, metadata, request_id)
         explicit = timeout
         if timeout is None:
             timeout = pool.default_timeout
@@ -215,20 +232,27 @@ class Spearlet:
         start = slot.start
         if start is None:
             # A socket round trip costs tens of microseconds or more: the generic path.
-            return await self._dispatch(pool, slot, _request(
-                pool, request_id, input, explicit, metadata), timeout, False)
+            return self._dispatch(pool, slot, _request(pool, request_id, input, explicit,
+                                                       metadata), timeout, False)
         # In-process WASM: a call costs a few microseconds, so every step here counts. The
         # channel answers at once when the call ran on the event loop.
         try:
             started = start(request_id, pool.handler, input, timeout, metadata)
-            response = started if isinstance(started, ExecutionResponse) else await started
         except Exception as exc:
             pool.release(slot)
-            request = _request(pool, request_id, input, explicit, metadata)
-            return await self._recover(pool, slot, request, timeout, exc, None, False)
+            return self._recover(pool, slot, _request(pool, request_id, input, explicit,
+                                                      metadata), timeout, exc, None, False)
         except BaseException:
             pool.release(slot)
             raise
+        if isinstance(started, ExecutionResponse):
+            return self._answered(pool, slot, request_id, started)
+        return self._answer_later(pool, slot, request_id, started,
+                                  _request(pool, request_id, input, explicit, metadata), timeout)
+
+    def _answered(self, pool: InstancePool, slot: Slot, request_id: str,
+                  response: ExecutionResponse) -> ExecutionResponse:
+        """An in-process call answered: give its capacity back and count it."""
         if pool.waiting or slot.draining:
             pool.release(slot)
         else:
@@ -243,6 +267,22 @@ class Spearlet:
         if response.status is not _SUCCESS:
             return self._unusual(pool, slot, request_id, response)
         return response
+
+    async def _answer_later(
+        self, pool: InstancePool, slot: Slot, request_id: str,
+        started: Awaitable[ExecutionResponse], request: ExecutionRequest,
+        timeout: float | None,
+    ) -> ExecutionResponse:
+        """An in-process call that left the event loop (the instance's thread)."""
+        try:
+            response = await started
+        except Exception as exc:
+            pool.release(slot)
+            return await self._recover(pool, slot, request, timeout, exc, None, False)
+        except BaseException:
+            pool.release(slot)
+            raise
+        return self._answered(pool, slot, request_id, response)
 
     # -- invocation (slow paths) --------------------------------------------------------
 
