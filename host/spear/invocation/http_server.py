@@ -147,6 +147,23 @@ class _OneWriteCycle(RequestResponseCycle):
         else:
             writer.head = self._render_head(message)
 
+    async def receive(self) -> Any:
+        # uvicorn's, without a wait (a coroutine) for a body that is already here, and
+        # without resuming reads that were never paused: the common small request.
+        if self.waiting_for_100_continue or self.flow.read_paused:
+            return await super().receive()
+        if not self.disconnected and not self.response_complete:
+            event = self.message_event
+            if not event.is_set():
+                await event.wait()
+            event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body),
+                   "more_body": self.more_body}
+        self.body = bytearray()
+        return message
+
     def _render_head(self, message: Any) -> bytes:
         self.response_started = True
         self.waiting_for_100_continue = False
