@@ -6,10 +6,12 @@ connections are closed by the sweep."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from front_door_support import read_response
 from spear.invocation.http_server import HttpLimits, HttpServer
 
@@ -169,4 +171,32 @@ async def test_response_headers_are_checked_lowered_and_honoured() -> None:
             assert response.body == b"ok"
             assert await asyncio.wait_for(reader.read(), 5) == b""  # the app asked to close
         finally:
+            writer.close()
+
+
+async def test_stopping_with_idle_connections_leaves_no_task_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each connection's requests run on one task of its own; an idle connection's task ends
+    when the server closes it, so stopping cancels nothing."""
+    caplog.set_level(logging.INFO)
+    server = HttpServer(_answer, HttpLimits())
+    port = await server.start("127.0.0.1", 0)
+    uvicorn_server = server._server
+    assert uvicorn_server is not None
+    state = uvicorn_server.server_state
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    try:
+        for reader, writer in connections:  # each answers once, then idles
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            assert (await asyncio.wait_for(read_response(reader), 5)).body == b"hi"
+        assert len(state.tasks) == 5  # one waiting task per idle connection
+        await server.stop()
+        assert not state.tasks
+        assert not state.connections
+        for reader, _ in connections:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert not [r for r in caplog.records if "Cancel" in r.getMessage()]
+    finally:
+        for _, writer in connections:
             writer.close()

@@ -23,7 +23,12 @@ most requests in tens of microseconds and they showed in its throughput:
 - uvicorn writes a response's head and its body with two writes (two syscalls, two TCP
   segments); here the head is held until the first body message and leaves with it;
 - uvicorn arms a keep-alive timer after every response and cancels it on the next request;
-  here the sweep closes a connection idle for `keep_alive_s` (to within `SWEEP_INTERVAL_S`).
+  here the sweep closes a connection idle for `keep_alive_s` (to within `SWEEP_INTERVAL_S`);
+- uvicorn runs each request on a task of its own; here one task per connection runs the
+  connection's requests one after another (the order HTTP/1.1 answers them in anyway) and
+  ends when the connection closes. So requests on one connection share one context: an
+  app that sets context variables sees its own earlier values there (the front door's app
+  sets none).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -240,6 +246,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_since: float | None = self.loop.time()
         self._body_since: float | None = None
         self._idle_since: float | None = None  # keep-alive: since the last response
+        self._runner: asyncio.Task[None] | None = None
+        self._queued: deque[tuple[RequestResponseCycle, Any]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # One task per connection runs its requests one after another (HTTP/1.1 answers
+        # them in order anyway), instead of uvicorn's task per request: creating, tracking
+        # and finishing a task cost more than most answers here. The task waits for the
+        # next request, and ends when the connection closes.
+        self._queued.append((cycle, app))
+        runner = self._runner
+        if runner is None or runner.done():
+            self._runner = runner = self.loop.create_task(self._run_requests())
+            self.tasks.add(runner)
+            runner.add_done_callback(self.tasks.discard)
+        else:
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    async def _run_requests(self) -> None:
+        queued = self._queued
+        while True:
+            while queued:
+                cycle, app = queued.popleft()
+                await cycle.run_asgi(app)  # it answers (or logs) whatever the app raises
+            if self.transport.is_closing():
+                return
+            self._wake = wake = self.loop.create_future()
+            try:
+                await wake
+            finally:
+                self._wake = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)  # an idle connection's task ends with it
 
     def on_response_complete(self) -> None:
         # uvicorn's, without the per-response keep-alive timer: the sweep closes idle
