@@ -236,19 +236,7 @@ class MemoryChannel(CommunicationChannel):
             if type(result) is bytes or not result.needs_thread:  # type: ignore[union-attr]
                 if elapsed > self._inline_threshold:
                     self._learn(function, elapsed)  # demote it to the thread
-                if type(result) is not bytes or self._mailbox.sent_count != self._sent_seen \
-                        or self._pushers:
-                    return self._response(request_id, data, result, elapsed)
-                # The hot path: `_response` for a success with no mail, written out here.
-                stats = self._stats
-                stats.messages_sent += 1
-                stats.bytes_sent += len(data)
-                stats.messages_received += 1
-                stats.bytes_received += len(result)
-                stats.requests_completed += 1
-                stats.latency_total += elapsed
-                return ExecutionResponse(request_id, result, _SUCCESS, None, None,
-                                         elapsed * 1000.0)
+                return self._response(request_id, data, result, elapsed)
             # Caught at the loop budget (what it did was undone): again on the thread.
             self._caught_slow(function)
             remaining = None if timeout is None else timeout - elapsed

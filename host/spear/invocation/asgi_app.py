@@ -176,11 +176,31 @@ class SpearAsgiApp:
                 return  # the client went away
             body: bytes = message["body"]
             if message.get("more_body"):
-                gathered = await self._gather(message, receive, send, reserved, name,
-                                              request_id, scope, started)
-                if gathered is None:
-                    return
-                body, reserved = gathered
+                # Several pieces (a large or chunked body): gather them within the limits.
+                chunks = bytearray()
+                limit = self.max_body_bytes
+                piece = body
+                while True:
+                    if len(chunks) + len(piece) > limit:
+                        await self._refuse(send, _too_large_chunked(limit), name, request_id,
+                                           scope, close=True, started=started)
+                        return
+                    chunks += piece
+                    grow = len(chunks) - reserved
+                    if grow > 0:  # chunked: reserve as it arrives
+                        if self._buffered + grow > self.max_buffered_bytes:
+                            await self._refuse(send, _busy(), name, request_id, scope,
+                                               close=True, started=started)
+                            return
+                        self._buffered += grow
+                        reserved += grow
+                    if not message.get("more_body"):
+                        break
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    piece = message["body"]
+                body = bytes(chunks)
             self.in_flight += 1
             try:
                 result = self.spearlet.begin(name, body, timeout=timeout, metadata=metadata,
@@ -217,45 +237,6 @@ class SpearAsgiApp:
                 _log_access(scope, 200, name, request_id, started)
         finally:
             self._buffered -= reserved
-
-    async def _gather(
-        self, message: Message, receive: Receive, send: Send, reserved: int, name: str,
-        request_id: str, scope: Scope, started: float,
-    ) -> tuple[bytes, int] | None:
-        """A body in several pieces (large or chunked), gathered within the limits: the body
-        and what is now reserved for it, or None when the request was refused (or its client
-        left). The caller gives back what was reserved before; this gives back the rest."""
-        chunks = bytearray()
-        limit = self.max_body_bytes
-        piece: bytes = message["body"]
-        grown = 0
-        handed = False
-        try:
-            while True:
-                if len(chunks) + len(piece) > limit:
-                    await self._refuse(send, _too_large_chunked(limit), name, request_id,
-                                       scope, close=True, started=started)
-                    return None
-                chunks += piece
-                grow = len(chunks) - reserved - grown
-                if grow > 0:  # chunked: reserve as it arrives
-                    if self._buffered + grow > self.max_buffered_bytes:
-                        await self._refuse(send, _busy(), name, request_id, scope,
-                                           close=True, started=started)
-                        return None
-                    self._buffered += grow
-                    grown += grow
-                if not message.get("more_body"):
-                    break
-                message = await receive()
-                if message["type"] != "http.request":
-                    return None
-                piece = message["body"]
-            handed = True  # the caller gives all of it back when the request ends
-            return bytes(chunks), reserved + grown
-        finally:
-            if not handed:
-                self._buffered -= grown
 
     def _effective_timeout(self, name: str, timeout: float | None) -> float | None:
         if timeout is not None:

@@ -21,31 +21,25 @@ from uvicorn.protocols.http.httptools_impl import (
 
 
 class HeadHoldingWriter:
-    """What a request cycle writes to: while `holding`, a write (the response head) is kept,
-    and goes out with the next write (the first piece of the body) or when the connection
-    closes. One per connection: its cycles answer one after another."""
+    """What a request cycle writes to: a response head put in `head` goes out with the next
+    write (the first piece of the body), on `flush`, or when the connection closes. One per
+    connection: its cycles answer one after another."""
 
-    __slots__ = ("head", "holding", "transport")
+    __slots__ = ("head", "transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.holding = False
         self.head: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if self.holding:
-            self.head = data
-            self.holding = False
-            return
         head = self.head
         if head is not None:
             self.head = None
-            data = head + data if len(data) < _JOIN_BELOW else self._write_head(head, data)
+            if len(data) < _JOIN_BELOW:
+                data = head + data
+            else:  # a large body: no copy of it just to save one syscall
+                self.transport.write(head)
         self.transport.write(data)
-
-    def _write_head(self, head: bytes, data: bytes) -> bytes:
-        self.transport.write(head)  # a large body: no copy of it just to save one syscall
-        return data
 
     def flush(self) -> None:
         head = self.head
@@ -84,11 +78,7 @@ class OneWriteCycle(RequestResponseCycle):
             writer.flush()  # a HEAD answer or an empty body: nothing carried the head out
         elif (message["type"] != "http.response.start" or self.access_log
               or self.flow.write_paused or self.disconnected):
-            writer.holding = True
-            try:
-                await super().send(message)
-            finally:
-                writer.holding = False
+            await super().send(message)  # the unusual start: uvicorn writes its head itself
         else:
             writer.head = self._render_head(message)
 
