@@ -11,6 +11,7 @@ import pytest
 from spear import (
     ChannelClosed,
     ExecutionFailed,
+    ExecutionResponse,
     ExecutionStatus,
     FunctionSpec,
     InvalidConfiguration,
@@ -40,6 +41,24 @@ async def test_deploy_and_invoke_a_wasm_function(echo_wasm: Path) -> None:
             await spearlet.deploy(wasm("echo", echo_wasm))
         with pytest.raises(FunctionNotFound):
             await spearlet.invoke("nope", b"")
+
+
+async def test_begin_answers_at_once_on_the_loop_and_otherwise_gives_an_awaitable(
+    echo_wasm: Path,
+) -> None:
+    async with Spearlet() as spearlet:
+        await spearlet.deploy(wasm("inline", echo_wasm, handler="echo", dispatch="inline"))
+        await spearlet.deploy(wasm("threaded", echo_wasm, handler="echo", dispatch="thread"))
+        now = spearlet.begin("inline", b"at once", request_id="r-1")
+        assert isinstance(now, ExecutionResponse)
+        assert (now.request_id, now.output_data) == ("r-1", b"at once")
+        later = spearlet.begin("threaded", b"later")
+        assert not isinstance(later, ExecutionResponse)
+        assert (await later).output_data == b"later"
+        assert set(spearlet.load("inline").values()) == {0}  # capacity given back
+        assert set(spearlet.load("threaded").values()) == {0}
+        with pytest.raises(FunctionNotFound):  # refused before anything runs: no awaitable
+            spearlet.begin("nope", b"")
 
 
 async def test_a_deployed_name_can_differ_from_the_guest_handler(
