@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from front_door_support import read_response
+from spear.invocation.http_response_cycle import MessageSignal
 from spear.invocation.http_server import HttpLimits, HttpServer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -37,6 +38,15 @@ async def _answer(scope: dict[str, Any], receive: Any, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for piece in (b"one,", b"two,", b"three"):
             await asyncio.sleep(0.01)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path in ("/pieces", "/too-long"):  # a length given, the body sent in pieces
+        pieces = (b"one,", b"two,", b"three")
+        declared = 13 if path == "/pieces" else 5
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % declared)]})
+        for piece in pieces:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -200,3 +210,48 @@ async def test_stopping_with_idle_connections_leaves_no_task_behind(
     finally:
         for _, writer in connections:
             writer.close()
+
+
+async def test_a_body_in_pieces_both_ways_arrives_whole() -> None:
+    """A request body that arrives in pieces (the app waits for the rest) and an answer with
+    a length sent in pieces; an answer longer than its length closes the connection."""
+    async with _serving() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nfirst")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the app is waiting for the rest now
+            writer.write(b"-last")
+            assert (await asyncio.wait_for(read_response(reader), 5)).body == b"first-last"
+            writer.write(b"GET /pieces HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = await asyncio.wait_for(read_response(reader), 5)
+            assert response.body == b"one,two,three"
+            writer.write(b"GET /too-long HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"content-length: 5\r\n" in received
+            assert len(received.split(b"\r\n\r\n", 1)[1]) <= 5
+        finally:
+            writer.close()
+
+
+async def test_the_message_signal_wakes_every_waiter_and_survives_a_cancelled_one() -> None:
+    signal = MessageSignal()
+    first = asyncio.ensure_future(signal.wait())
+    second = asyncio.ensure_future(signal.wait())
+    third = asyncio.ensure_future(signal.wait())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    assert not second.done() and not signal.is_set()
+    signal.set()
+    assert await asyncio.wait_for(second, 1) is True
+    assert await asyncio.wait_for(third, 1) is True
+    assert first.cancelled()
+    assert await signal.wait() is True  # set: no wait at all
+    signal.clear()
+    waiting = asyncio.ensure_future(signal.wait())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # cleared: waits again
+    signal.set()
+    assert await asyncio.wait_for(waiting, 1) is True

@@ -28,8 +28,9 @@ requests in tens of microseconds and they showed in its throughput:
   ends when the connection closes. So requests on one connection share one context: an
   app that sets context variables sees its own earlier values there (the front door's app
   sets none);
-- the request's scope is built from a per-connection copy, and its body, when already
-  here, is received without a wait.
+- the request's scope is built from a per-connection copy (a bare path, the usual
+  request, is not parsed again as a URL), and its body, when already here, is received
+  without a wait.
 """
 
 from __future__ import annotations
@@ -203,8 +204,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             scope["http_version"] = http_version
         if parser.should_upgrade() and self._should_upgrade():
             return
-        url = httptools.parse_url(self.url)
-        raw_path = url.path
+        raw_path = self.url
+        if raw_path[:1] == b"/" and b"?" not in raw_path and b"#" not in raw_path:
+            query = b""  # a bare path (the usual request) is its own path: nothing to split
+        else:
+            url = httptools.parse_url(raw_path)
+            raw_path, query = url.path, url.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
@@ -214,7 +219,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raw_path = root_path.encode("ascii") + raw_path
         scope["path"] = path
         scope["raw_path"] = raw_path
-        scope["query_string"] = url.query or b""
+        scope["query_string"] = query
         app = self.app
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
@@ -225,12 +230,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                             extra={"event": "http_refused", "status": 503})
         previous = self.cycle
         self.cycle = cycle = OneWriteCycle(
-            scope=scope, transport=self._writer,  # type: ignore[arg-type]
-            flow=self.flow, logger=self.logger, access_logger=self.access_logger,
-            access_log=self.access_log, default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(), expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            on_response=self.on_response_complete)
+            scope, self._writer, self.flow, self.logger, self.access_logger, self.access_log,
+            self.server_state.default_headers, self.expect_100_continue,
+            http_version != "1.0" and parser.should_keep_alive(), self.on_response_complete)
         if previous is None or previous.response_complete:
             self._start_asgi_task(cycle, app)
         else:  # pipelined: it starts when the one before it has answered

@@ -4,14 +4,20 @@ response's head held until the first body message, so a small answer leaves in o
 for the common case (header names already checked are remembered, values are checked in
 one pass, the server's date header is rendered once per second). The checks are
 uvicorn's own expressions; anything unusual (an access log, a paused or lost connection,
-a chunked or streamed body) goes through uvicorn's code.
+a chunked or streamed body) goes through uvicorn's code. A cycle is made per request, so
+it is made cheaply: its fields set without uvicorn's eleven keyword arguments, and a
+`MessageSignal` in place of an `asyncio.Event`; a body with a length is sent by its own
+short step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -61,6 +67,46 @@ class HeadHoldingWriter:
 _JOIN_BELOW = 64 * 1024
 
 
+class MessageSignal:
+    """What uvicorn's cycle keeps in an `asyncio.Event` (the request body arrived, or the
+    connection ended), made without a deque or a loop check: one is made per request, and
+    its waiters (the app's `receive`, rarely) are listed only when there are any."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            waiters = self._waiters
+            if waiters:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter  # one future per waiter: cancelling one leaves the others waiting
+            return True
+        finally:
+            self._waiters.remove(waiter)
+
+
 class OneWriteCycle(RequestResponseCycle):
     """uvicorn's request cycle, whose response head leaves together with the first body
     message (see `HeadHoldingWriter`), and is rendered here for the common case: header
@@ -70,10 +116,43 @@ class OneWriteCycle(RequestResponseCycle):
     access log, a paused or lost connection) goes through uvicorn's `send`."""
 
     transport: HeadHoldingWriter  # type: ignore[assignment]
+    message_event: MessageSignal  # type: ignore[assignment]
+
+    def __init__(
+        self, scope: Any, transport: HeadHoldingWriter, flow: FlowControl,
+        logger: logging.Logger, access_logger: logging.Logger, access_log: bool,
+        default_headers: list[tuple[bytes, bytes]], expect_100_continue: bool,
+        keep_alive: bool, on_response: Callable[..., None],
+    ) -> None:
+        # The state uvicorn's __init__ sets (its send, receive and protocol read it), set
+        # without its eleven keyword arguments.
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow
+        self.logger = logger
+        self.access_logger = access_logger
+        self.access_log = access_log
+        self.default_headers = default_headers
+        self.message_event = MessageSignal()
+        self.on_response = on_response
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding: bool | None = None
+        self.expected_content_length = 0
 
     async def send(self, message: Any) -> None:
         writer = self.transport
         if self.response_started:
+            if (self.chunked_encoding is False and not self.response_complete
+                    and message["type"] == "http.response.body" and not self.disconnected
+                    and not self.flow.write_paused and self.scope["method"] != "HEAD"):
+                self._send_body(message)  # the common body: a length was given
+                return
             await super().send(message)
             writer.flush()  # a HEAD answer or an empty body: nothing carried the head out
         elif (message["type"] != "http.response.start" or self.access_log
@@ -81,6 +160,26 @@ class OneWriteCycle(RequestResponseCycle):
             await super().send(message)  # the unusual start: uvicorn writes its head itself
         else:
             writer.head = self._render_head(message)
+
+    def _send_body(self, message: Any) -> None:
+        """uvicorn's body step for a response with a Content-Length, written out."""
+        body = message.get("body", b"")
+        size = len(body)
+        if size > self.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        self.expected_content_length -= size
+        if size:
+            self.transport.write(body)
+        else:
+            self.transport.flush()
+        if not message.get("more_body", False):
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
 
     async def receive(self) -> Any:
         # uvicorn's, without a wait (a coroutine) for a body that is already here, and
