@@ -30,6 +30,10 @@ async def _answer(scope: dict[str, Any], receive: Any, send: Send) -> None:
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
+    if path == "/raise":
+        raise RuntimeError("the app broke before answering")
+    if path == "/silent":
+        return  # no answer at all
     if path == "/fail-after-start":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"10")]})
@@ -129,6 +133,32 @@ async def test_an_app_that_fails_after_starting_its_answer_closes_the_connection
             assert received.endswith(b"\r\n\r\n")
         finally:
             writer.close()
+
+
+async def test_an_app_that_raises_or_returns_without_an_answer_gets_a_500_for_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _serving() as port:
+        for path in ("/raise", "/silent"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                response = await asyncio.wait_for(read_response(reader), 5)
+                assert response.status == 500, path
+                assert response.body == b"Internal Server Error"
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # and it closes
+            finally:
+                writer.close()
+        # The server goes on serving.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+            assert (await asyncio.wait_for(read_response(reader), 5)).body == b"ok"
+        finally:
+            writer.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("Exception in ASGI application" in message for message in messages)
+    assert any("returned without starting response" in message for message in messages)
 
 
 async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -> None:

@@ -44,7 +44,7 @@ from urllib.parse import unquote
 
 import httptools
 from uvicorn.protocols.http.flow_control import service_unavailable
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from spear.invocation.http_response_cycle import HeadHoldingWriter, OneWriteCycle
 from spear.log_limit import LogLimiter
@@ -89,10 +89,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_since: float | None = None
         self._idle_since: float | None = None  # keep-alive: since the last response
         self._runner: asyncio.Task[None] | None = None
-        self._queued: deque[tuple[RequestResponseCycle, Any]] = deque()
+        self._queued: deque[tuple[OneWriteCycle, Any]] = deque()
         self._wake: asyncio.Future[None] | None = None
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+    def _start_asgi_task(self, cycle: OneWriteCycle, app: Any) -> None:  # type: ignore[override]
         # One task per connection runs its requests one after another (HTTP/1.1 answers
         # them in order anyway), instead of uvicorn's task per request: creating, tracking
         # and finishing a task cost more than most answers here. The task waits for the
@@ -113,7 +113,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         while True:
             while queued:
                 cycle, app = queued.popleft()
-                await cycle.run_asgi(app)  # it answers (or logs) whatever the app raises
+                # uvicorn's `run_asgi`, without a coroutine of its own around the app's.
+                try:
+                    result = await app(cycle.scope, cycle.receive, cycle.send)
+                except BaseException as exc:  # as uvicorn: answered with a 500, or logged
+                    await cycle.app_failed(exc)
+                else:
+                    if result is not None or not cycle.response_complete:
+                        await cycle.app_returned(result)
+                finally:
+                    cycle.on_response = _nothing
             if self.transport.is_closing():
                 return
             self._wake = wake = self.loop.create_future()
@@ -136,8 +145,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self.flow.resume_reading()
         if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            cycle, app = self.pipeline.pop()  # ours are OneWriteCycles
+            self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
         else:
             self._idle_since = self.loop.time()
 
@@ -285,6 +294,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, reason, len(body), body))
         self.transport.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _client(client: tuple[str, int] | None) -> str:

@@ -161,6 +161,28 @@ class OneWriteCycle(RequestResponseCycle):
         else:
             writer.head = self._render_head(message)
 
+    async def app_failed(self, exc: BaseException) -> None:
+        """uvicorn's answer to an app that raised: a 500 if nothing was sent yet, else the
+        connection closes."""
+        self.logger.error("Exception in ASGI application\n", exc_info=exc)
+        if not self.response_started:
+            await self.send_500_response()
+        else:
+            self.transport.close()
+
+    async def app_returned(self, result: Any) -> None:
+        """uvicorn's checks of an app that returned something, or returned before its
+        answer was complete."""
+        if result is not None:
+            self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+            self.transport.close()
+        elif not self.response_started and not self.disconnected:
+            self.logger.error("ASGI callable returned without starting response.")
+            await self.send_500_response()
+        elif not self.response_complete and not self.disconnected:
+            self.logger.error("ASGI callable returned without completing response.")
+            self.transport.close()
+
     def _send_body(self, message: Any) -> None:
         """uvicorn's body step for a response with a Content-Length, written out."""
         body = message.get("body", b"")
