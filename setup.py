@@ -6,6 +6,8 @@ Metadata lives in pyproject.toml; this file adds
   pure-Python call path (which says so once, at WARNING).
 - the wire codec's hot path (`spear.protocol._wire`), a small CPython extension, optional in
   the same way: without it the pure-Python codec does everything (and says so once).
+- the HTTP front door's response heads (`spear.invocation._http_head`), the same kind of
+  extension, optional in the same way.
 - the `dev` extra's guest SDK. An editable install is a checkout, so `spear-guest` comes from
   the `guest_sdk/` folder beside this file (see build_support/spear_build_backend.py); a
   built wheel cannot point at a folder and leaves it out.
@@ -23,6 +25,7 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).resolve().parent
 NATIVE = ROOT / "host" / "spear" / "transport" / "wasm" / "native"
 WIRE = Path("host") / "spear" / "protocol" / "native" / "wire.c"
+HTTP_HEAD = Path("host") / "spear" / "invocation" / "native" / "http_head.c"
 
 
 def native_extensions() -> list[Extension]:
@@ -37,7 +40,9 @@ def native_extensions() -> list[Extension]:
     extension.optional = True  # no compiler: build anyway, run on the Python path
     wire = Extension("spear.protocol._wire", sources=[str(WIRE)], extra_compile_args=["-O2"],
                      optional=True)
-    return [extension, wire]
+    http_head = Extension("spear.invocation._http_head", sources=[str(HTTP_HEAD)],
+                          extra_compile_args=["-O2"], optional=True)
+    return [extension, wire, http_head]
 
 
 def extras() -> dict[str, list[str]]:

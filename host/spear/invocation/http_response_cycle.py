@@ -1,10 +1,9 @@
 """The response side of the front door's HTTP protocol: uvicorn's request cycle, with a
 response's head held until the first body message, so a small answer leaves in one write
-(one syscall, one TCP segment) instead of uvicorn's two, and with the head rendered here
-for the common case (header names already checked are remembered, values are checked in
-one pass, the server's date header is rendered once per second). The checks are
-uvicorn's own expressions; anything unusual (an access log, a paused or lost connection,
-a chunked or streamed body) goes through uvicorn's code. A cycle is made per request, so
+(one syscall, one TCP segment) instead of uvicorn's two, and with the head rendered by
+uvicorn's rules in one C call (`http_head`; the server's date header is rendered once per
+second). Anything unusual (an access log, a paused or lost connection, a chunked or
+streamed body) goes through uvicorn's code. A cycle is made per request, so
 it is made cheaply: its fields set without uvicorn's eleven keyword arguments, and a
 `MessageSignal` in place of an `asyncio.Event`; a body with a length is sent by its own
 short step.
@@ -18,12 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import (
-    HEADER_RE,
-    HEADER_VALUE_RE,
-    STATUS_LINE,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from spear.invocation.http_head import render_head, render_head_python
 
 
 class HeadHoldingWriter:
@@ -109,11 +105,10 @@ class MessageSignal:
 
 class OneWriteCycle(RequestResponseCycle):
     """uvicorn's request cycle, whose response head leaves together with the first body
-    message (see `HeadHoldingWriter`), and is rendered here for the common case: header
-    names already checked are remembered (they are mostly the same few), values are checked
-    in one pass, and the server's default headers (the date) are rendered once per second,
-    not once per response. The checks are uvicorn's own expressions; anything unusual (an
-    access log, a paused or lost connection) goes through uvicorn's `send`."""
+    message (see `HeadHoldingWriter`), and is rendered by `http_head.render_head` (uvicorn's
+    rules), with the server's default headers (the date) rendered once per second, not once
+    per response. Anything unusual (an access log, a paused or lost connection) goes through
+    uvicorn's `send`."""
 
     transport: HeadHoldingWriter  # type: ignore[assignment]
     message_event: MessageSignal  # type: ignore[assignment]
@@ -224,50 +219,19 @@ class OneWriteCycle(RequestResponseCycle):
         self.response_started = True
         self.waiting_for_100_continue = False
         status = message["status"]
-        content = [STATUS_LINE[status], _rendered_defaults(self.default_headers)]
-        values = []
-        close = False
-        for name, value in message.get("headers", ()):
-            if name not in _checked_names:
-                name = _checked_name(name)
-            values.append(value)
-            if name == b"content-length":
-                if self.chunked_encoding is None:
-                    self.expected_content_length = int(value.decode())
-                    self.chunked_encoding = False
-            elif name == b"transfer-encoding":
-                if value.lower() == b"chunked":
-                    self.expected_content_length = 0
-                    self.chunked_encoding = True
-            elif name == b"connection" and b"close" in [
-                    token.lower().strip() for token in value.split(b",")]:
-                self.keep_alive = False
-                close = True
-            content += (name, b": ", value, b"\r\n")
-        if values and HEADER_VALUE_RE.search(b"\t".join(values)):  # tab is allowed in values
-            raise RuntimeError("Invalid HTTP header value.")
-        if not self.keep_alive and not close:
-            content.append(b"connection: close\r\n")
-        if (self.chunked_encoding is None and self.scope["method"] != "HEAD"
-                and status not in (204, 304)):
-            self.chunked_encoding = True  # neither a length nor chunked: uvicorn's default
-            content.append(b"transfer-encoding: chunked\r\n")
-        content.append(b"\r\n")
-        return b"".join(content)
+        status_line = STATUS_LINE[status]
+        defaults = _rendered_defaults(self.default_headers)
+        headers = message.get("headers", ())
+        may_chunk = self.scope["method"] != "HEAD" and status not in (204, 304)
+        rendered = render_head(status_line, defaults, headers, self.keep_alive, may_chunk)
+        if rendered is None:  # a shape the C helper leaves to Python
+            rendered = render_head_python(status_line, defaults, headers, self.keep_alive,
+                                          may_chunk)
+        head, self.expected_content_length, self.chunked_encoding, self.keep_alive = rendered
+        return head
 
 
-_MAX_CHECKED_NAMES = 256
-_checked_names: set[bytes] = set()  # lower-case header names that passed HEADER_RE
 _defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
-
-
-def _checked_name(name: bytes) -> bytes:
-    if HEADER_RE.search(name):
-        raise RuntimeError("Invalid HTTP header name.")
-    lowered = name.lower()
-    if lowered == name and len(_checked_names) < _MAX_CHECKED_NAMES:
-        _checked_names.add(lowered)
-    return lowered
 
 
 def _rendered_defaults(headers: list[tuple[bytes, bytes]]) -> bytes:
