@@ -137,6 +137,11 @@ async def test_a_flood_of_failing_requests_writes_a_bounded_number_of_lines(
         assert len(failed) < FLOOD
         # What was held back is counted (and summarised once the interval is over).
         assert limiter.suppressed - suppressed_before == FLOOD - len(failed)
+        summaries_before = len(_records(caplog, "log_lines_suppressed"))
+    # The server said what it held back when it stopped, without waiting for the interval.
+    summaries = _records(caplog, "log_lines_suppressed")[summaries_before:]
+    assert [s for s in summaries if "failed invocations (server side)" in s.getMessage()], [
+        s.getMessage() for s in summaries]
 
 
 async def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_lines(

@@ -49,6 +49,12 @@ _failure_lines = {
 }
 
 
+def flush_failure_lines() -> None:
+    """Say now what the failure log held back (a server stopping: no later line would)."""
+    for limiter in _failure_lines.values():
+        limiter.flush()
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     http_status: int

@@ -54,6 +54,11 @@ log = logging.getLogger("spear.serve.http")
 _refusal_lines = LogLimiter(log, "refused HTTP requests", level=logging.INFO)
 
 
+def flush_refusal_lines() -> None:
+    """Say now what the refusal log held back (a server stopping: no later line would)."""
+    _refusal_lines.flush()
+
+
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     max_head_bytes: int = 64 * 1024

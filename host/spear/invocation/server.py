@@ -24,8 +24,10 @@ from collections.abc import Callable
 from spear.channel.connectors import split_host_port
 from spear.errors import InvalidConfiguration
 from spear.invocation.asgi_app import SpearAsgiApp
+from spear.invocation.error_mapping import flush_failure_lines
 from spear.invocation.front_door_auth import BearerTokens
 from spear.invocation.grpc_api import GrpcApi
+from spear.invocation.http_protocol import flush_refusal_lines
 from spear.invocation.http_server import HttpLimits, HttpServer
 from spear.invocation.log_attribution import attribute_instance_logs
 from spear.invocation.serve_config import ServeConfig
@@ -136,6 +138,8 @@ class FunctionServer:
             grpc, self.grpc = self.grpc, None
             await grpc.stop()
         await self.spearlet.close()
+        flush_failure_lines()  # what the bounded logs held back, said before the end
+        flush_refusal_lines()
         if self._detach_logs is not None:
             self._detach_logs()
             self._detach_logs = None
