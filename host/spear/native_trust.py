@@ -1,18 +1,21 @@
 """Native code is loaded only from files that no other user can have written.
 
 The host loads the `libwasmtime` that the `wasmtime` package ships and the extensions
-compiled into this package (the fast-call helper, the wire codec). Before any is loaded, the
-file and every directory from it up to the package that holds it must be owned by root or by
-us and be writable by nobody else; a symlink on the way is followed only if its target passes
-the same checks. A library failing this is refused with an ImportError that names the reason.
+compiled into this package (the fast-call helper, the wire codec, the HTTP head helper).
+Before any is loaded, the file and every directory from it up to the package that holds it
+must be owned by root or by us and be writable by nobody else; a symlink on the way is
+followed only if its target passes the same checks. A library failing this is refused with
+an ImportError that names the reason.
 
-It sits below the layers: the WASM transport and the protocol package both load through it.
+It sits below the layers: the WASM transport, the protocol package and the front door
+load through it (`load_optional_extension`: each helper is optional, said once).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import stat
 from pathlib import Path
@@ -76,3 +79,20 @@ def load_package_extension(module: str, directory: Path, what: str) -> ModuleTyp
         raise ImportError(f"{spec.origin} is not inside {here}")
     check_native_library(Path(spec.origin), _PACKAGE, what)
     return importlib.import_module(module)
+
+
+def load_optional_extension(module: str, directory: Path, what: str, log: logging.Logger,
+                            without: str) -> ModuleType | None:
+    """`load_package_extension` for a helper the package can do without: None, said once
+    on `log`, when `SPEAR_NO_NATIVE` is set or the helper cannot be loaded (not built, or
+    not trusted). `without` says what runs instead ("WASM calls take the pure-Python
+    path")."""
+    if os.environ.get("SPEAR_NO_NATIVE"):
+        log.info("SPEAR_NO_NATIVE is set: %s", without)
+        return None
+    try:
+        return load_package_extension(module, directory, what)
+    except ImportError as exc:
+        log.warning("%s was not built with this installation or cannot be used (%s); %s, "
+                    "more slowly", what, exc, without)
+        return None

@@ -11,25 +11,24 @@ an answer with neither a length nor chunked framing is chunked when it may have 
 (`may_chunk`). One difference, on purpose: a Content-Length is read from its bytes, so
 digits of other scripts are refused (uvicorn decodes first and would take them).
 
-Rendering is a tenth of the front door's Python per request, hence the C twin. It is
+Rendering was a fifth of the front door's Python per request, hence the C twin. It is
 optional: an installation built without a C compiler, or a process started with
 `SPEAR_NO_NATIVE=1`, renders in Python, and says so once. The C helper answers None for any
 unusual shape of `headers` (a generator, str names, more than 64 headers), which the caller
-then renders with the Python twin;
-tests/test_http_head.py checks that both give the same answer on random and hostile input.
+then renders with the Python twin; tests/test_http_head.py checks that both give the same
+answer on random and hostile input.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
-from spear.native_trust import load_package_extension
+from spear.native_trust import load_optional_extension
 
 log = logging.getLogger("spear.serve.http")
 
@@ -85,20 +84,9 @@ def _checked_name(name: bytes) -> bytes:
     return lowered
 
 
-def _load() -> Any:
-    if os.environ.get("SPEAR_NO_NATIVE"):
-        log.info("SPEAR_NO_NATIVE is set: HTTP response heads are rendered in Python")
-        return None
-    try:
-        return load_package_extension(MODULE, Path(__file__).parent,
-                                      "the HTTP response head helper")
-    except ImportError as exc:
-        log.warning("the HTTP response head's C helper was not built with this installation "
-                    "(%s); heads are rendered in Python, more slowly", exc)
-        return None
-
-
-_native = _load()
+_native = load_optional_extension(MODULE, Path(__file__).parent,
+                                  "the HTTP response head's C helper", log,
+                                  "HTTP response heads are rendered in Python")
 
 
 # The C helper's `render`, or the Python twin. The C helper answers None for a shape of

@@ -10,11 +10,10 @@ it (`spear.native_trust`).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from spear.native_trust import load_package_extension
+from spear.native_trust import load_optional_extension
 
 log = logging.getLogger("spear.protocol")
 
@@ -23,12 +22,5 @@ MODULE = "spear.protocol._wire"
 
 def load_wire() -> Any:
     """The C helper module, or None when the pure-Python codec must do everything."""
-    if os.environ.get("SPEAR_NO_NATIVE"):
-        log.info("SPEAR_NO_NATIVE is set: messages are encoded and decoded in pure Python")
-        return None
-    try:
-        return load_package_extension(MODULE, Path(__file__).parent, "the wire codec helper")
-    except ImportError as exc:
-        log.warning("the wire codec's C helper was not built with this installation (%s); "
-                    "messages are encoded and decoded in pure Python, more slowly", exc)
-        return None
+    return load_optional_extension(MODULE, Path(__file__).parent, "the wire codec's C helper",
+                                   log, "messages are encoded and decoded in pure Python")

@@ -16,11 +16,10 @@ The helper has its own cffi `ffi`; wasmtime handles cross from capi's `ffi` as a
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from spear.native_trust import load_package_extension
+from spear.native_trust import load_optional_extension
 from spear.transport.wasm.capi import ffi, lib
 
 log = logging.getLogger("spear.wasm.native")
@@ -29,16 +28,10 @@ HELPER = "spear.transport.wasm._fastcall"
 
 
 def _load() -> tuple[Any, Any]:
-    if os.environ.get("SPEAR_NO_NATIVE"):
-        log.info("SPEAR_NO_NATIVE is set: WASM calls take the pure-Python path")
-        return None, None
-    try:
-        module = load_package_extension(HELPER, Path(__file__).parent, "the fast-call helper")
-    except ImportError as exc:
-        log.warning("the native fast-call helper was not built with this installation (%s); "
-                    "WASM calls take the slower pure-Python path", exc)
-        return None, None
-    return module.ffi, module.lib
+    module = load_optional_extension(HELPER, Path(__file__).parent,
+                                     "the native fast-call helper", log,
+                                     "WASM calls take the pure-Python path")
+    return (None, None) if module is None else (module.ffi, module.lib)
 
 
 native_ffi, native = _load()
